@@ -1,0 +1,1 @@
+"""semimed: reproducible semi-supervised medical image learning."""

@@ -1,0 +1,36 @@
+"""Training methods by task and name: ``get_method("classification", "fixmatch")``.
+
+Adding a method = one file under ``classification/`` or ``segmentation/``, one entry below,
+one test and one params block. Keys equal each class's ``name``.
+"""
+
+from __future__ import annotations
+
+from semimed.methods import classification, segmentation
+from semimed.methods.base import Method
+
+METHODS: dict[str, dict[str, type[Method]]] = {
+    "classification": {
+        "supervised": classification.Supervised,
+        "supervised_full": classification.SupervisedFull,
+        "fixmatch": classification.FixMatch,
+    },
+    "segmentation": {
+        "supervised": segmentation.Supervised,
+        "supervised_full": segmentation.SupervisedFull,
+        "mean_teacher": segmentation.MeanTeacher,
+    },
+}
+
+
+def get_method(task: str, name: str) -> type[Method]:
+    """The Method class registered for ``task`` under ``name``; ValueError lists valid choices."""
+    if task not in METHODS:
+        raise ValueError(f"unknown task '{task}'; choose one of: {', '.join(METHODS)}")
+    if name not in METHODS[task]:
+        choices = ", ".join(METHODS[task])
+        raise ValueError(f"unknown {task} method '{name}'; choose one of: {choices}")
+    return METHODS[task][name]
+
+
+__all__ = ["METHODS", "Method", "get_method"]

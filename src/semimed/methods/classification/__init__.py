@@ -1,0 +1,6 @@
+"""Classification methods, one file each; registered in ``semimed.methods.METHODS``."""
+
+from semimed.methods.classification.fixmatch import FixMatch
+from semimed.methods.classification.supervised import Supervised, SupervisedFull
+
+__all__ = ["FixMatch", "Supervised", "SupervisedFull"]

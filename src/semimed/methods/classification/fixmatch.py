@@ -1,0 +1,88 @@
+"""FixMatch: pseudo-labels from weak views train the strong views, above a confidence threshold.
+
+Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence"
+(NeurIPS 2020), eq. 4:
+
+    loss = CE(f(x_lb), y_lb) + lambda_u * mean_u[ 1(max p_u >= tau) * CE(f(x_ulb_s), argmax p_u) ]
+    p_u  = softmax(f(x_ulb_w) / T), computed without gradient.
+
+Labeled, weak and strong images go through the network in ONE forward pass, as in the paper's
+reference code and USB (Wang et al., NeurIPS 2022): BatchNorm then normalises with statistics of
+the whole mixed batch, and the step costs one (larger) pass. The temperature T only changes
+which samples pass the threshold (labels are hard); T = 1 is the paper. An EMA of the student
+(decay 0.999, as in the paper and TEAR) is the model validated and saved, as USB evaluates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from semimed.ema import make_teacher, update_ema, warmup_decay
+from semimed.losses import masked_cross_entropy
+from semimed.methods.base import Method
+
+
+class FixMatch(Method):
+    """Batch: ``x_lb`` (B, 1, H, W), ``y_lb`` (B,), ``x_ulb_w`` and ``x_ulb_s`` (U, 1, H, W)."""
+
+    name = "fixmatch"
+    uses_unlabeled = True
+
+    @dataclass(frozen=True)
+    class Params:
+        threshold: float = 0.95  # confidence tau a pseudo-label needs to count, [0, 1]
+        lambda_u: float = 1.0  # weight of the unsupervised term, >= 0
+        temperature: float = 1.0  # T of the softmax that gives confidences, > 0
+        ema_decay: float = 0.999  # decay of the evaluated EMA model, [0, 1); 0 = no EMA
+
+        def __post_init__(self) -> None:
+            if not 0.0 <= self.threshold <= 1.0:
+                raise ValueError(f"threshold: must be in [0, 1], got {self.threshold}")
+            if self.lambda_u < 0.0:
+                raise ValueError(f"lambda_u: must be >= 0, got {self.lambda_u}")
+            if self.temperature <= 0.0:
+                raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+            if not 0.0 <= self.ema_decay < 1.0:
+                raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
+
+    def __init__(
+        self,
+        net_factory: Callable[[], nn.Module],
+        params: Any,
+        num_classes: int,
+        total_steps: int,
+    ) -> None:
+        super().__init__(net_factory, params, num_classes, total_steps)
+        self.ema = make_teacher(self.net) if params.ema_decay > 0 else None
+
+    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        x_lb, x_ulb_w, x_ulb_s = batch["x_lb"], batch["x_ulb_w"], batch["x_ulb_s"]
+        logits = self.net(torch.cat([x_lb, x_ulb_w, x_ulb_s]))
+        logits_lb, logits_w, logits_s = logits.split([len(x_lb), len(x_ulb_w), len(x_ulb_s)])
+
+        sup = F.cross_entropy(logits_lb, batch["y_lb"])
+        # The weak view only supplies targets; no gradient must flow through it.
+        probs_w = (logits_w.detach() / self.params.temperature).softmax(dim=1)
+        confidence, pseudo_labels = probs_w.max(dim=1)
+        mask = confidence >= self.params.threshold
+        unsup = masked_cross_entropy(logits_s, pseudo_labels, mask)
+
+        return {
+            "loss": sup + self.params.lambda_u * unsup,
+            "sup": sup,
+            "unsup": unsup,
+            "mask_ratio": mask.float().mean(),
+        }
+
+    def on_step_end(self, step: int) -> None:
+        if self.ema is not None:
+            update_ema(self.ema, self.net, warmup_decay(self.params.ema_decay, step))
+
+    def inference_model(self) -> nn.Module:
+        return self.net if self.ema is None else self.ema

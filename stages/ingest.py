@@ -1,0 +1,19 @@
+"""Stage ingest_<task>: generate the synthetic default or index the user's data.
+
+Writes data/<task>/ingested/ (manifest.json, plus the generated files for synthetic data).
+"""
+
+from semimed import cli
+from semimed.config import load_task
+from semimed.data.sources import ingest
+
+
+def run() -> None:
+    args = cli.parser(__doc__).parse_args()
+    cfg = load_task(args.task, args.params)
+    manifest = ingest(cfg, cli.data_dir(args.task, "ingested"))
+    print(f"ingest {args.task}: {len(manifest['records'])} records from {cfg.data.source}")
+
+
+if __name__ == "__main__":
+    cli.main(run)

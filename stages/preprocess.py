@@ -1,0 +1,16 @@
+"""Stage preprocess_<task>: MONAI chains -> arrays + manifest in data/<task>/processed/."""
+
+from semimed import cli
+from semimed.config import load_task
+from semimed.data.preprocess import preprocess
+
+
+def run() -> None:
+    args = cli.parser(__doc__).parse_args()
+    cfg = load_task(args.task, args.params)
+    out = preprocess(cfg, cli.data_dir(args.task, "ingested"), cli.data_dir(args.task, "processed"))
+    print(f"preprocess {args.task}: {len(out['records'])} items")
+
+
+if __name__ == "__main__":
+    cli.main(run)

@@ -1,0 +1,22 @@
+"""Stage split_<task>: grouped train/val/test and labeled/unlabeled -> data/<task>/splits.json."""
+
+import json
+
+from semimed import cli
+from semimed.config import load_task
+from semimed.data.splits import make_splits
+from semimed.io import write_json_atomic
+
+
+def run() -> None:
+    args = cli.parser(__doc__).parse_args()
+    cfg = load_task(args.task, args.params)
+    manifest = json.loads((cli.data_dir(args.task, "processed") / "manifest.json").read_text())
+    target = getattr(cfg.data, "target", None)
+    split = make_splits(manifest, cfg.split, target)
+    write_json_atomic(cli.data_dir(args.task, "splits.json"), split)
+    print(f"split {args.task}: {split['counts']}")
+
+
+if __name__ == "__main__":
+    cli.main(run)

@@ -1,0 +1,22 @@
+"""Shared fixtures: the repository root and a parsed copy of the default params."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def params(default_params) -> dict:
+    """A mutable deep copy of params.yaml."""
+    return copy.deepcopy(default_params)

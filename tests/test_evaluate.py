@@ -1,0 +1,254 @@
+"""Metric checks against hand-computed values and an independent implementation (medpy)."""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from medpy.metric.binary import assd as medpy_assd
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from semimed.evaluate import (
+    SegmentationScorer,
+    classification_metrics,
+    confusion_records,
+    flat_metrics,
+)
+
+NAMES3 = ["A", "B", "C"]
+
+
+def _probs_for(pred: list[int], n_classes: int) -> np.ndarray:
+    """(N, C) probabilities whose argmax is ``pred``."""
+    probs = np.full((len(pred), n_classes), 0.1)
+    probs[np.arange(len(pred)), pred] = 0.8
+    return probs / probs.sum(1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------- classification
+
+
+def test_classification_metrics_match_hand_computed_values():
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = [0, 0, 1, 1, 2, 2]
+    m = classification_metrics(y_true, _probs_for(y_pred, 3), NAMES3)
+
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]  # rows = true
+    assert m["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3, abs=1e-6)
+    assert m["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(y_true, y_pred), abs=1e-6
+    )
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3, abs=1e-6)
+    # specificity = TN / (TN + FP) per class, one vs rest.
+    assert m["per_class"]["A"] == pytest.approx(
+        {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "specificity": 1.0, "support": 3},
+        abs=1e-6,
+    )
+    assert m["per_class"]["B"]["specificity"] == pytest.approx(3 / 4)
+    assert m["per_class"]["C"]["specificity"] == pytest.approx(4 / 5)
+    assert m["per_class"]["C"]["precision"] == pytest.approx(0.5)
+    json.dumps(m, allow_nan=False)  # JSON-safe
+
+
+def test_auc_equals_sklearn_ovr_when_all_classes_present():
+    rng = np.random.default_rng(0)
+    y_true = np.array([0, 1, 2] * 10)
+    probs = rng.dirichlet(np.ones(3), size=30)
+    m = classification_metrics(y_true, probs, NAMES3)
+    expected = roc_auc_score(y_true, probs, multi_class="ovr", average="macro")
+    assert m["auc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_auc_with_absent_class_uses_present_classes_only():
+    # Class C never occurs: AUC is the mean of the one-vs-rest AUCs of A and B, each 3/4.
+    y_true = np.array([0, 0, 1, 1])
+    col_a = np.array([0.9, 0.4, 0.6, 0.2])
+    col_b = np.array([0.05, 0.5, 0.3, 0.7])
+    probs = np.stack([col_a, col_b, 1 - col_a - col_b], axis=1)
+    m = classification_metrics(y_true, probs, NAMES3)
+    assert m["auc"] == pytest.approx(0.75)
+    assert m["per_class"]["C"]["support"] == 0
+    assert m["per_class"]["C"]["recall"] == 0.0  # zero_division=0, not NaN
+
+
+def test_auc_is_none_with_a_single_present_class():
+    m = classification_metrics(np.array([1, 1, 1]), _probs_for([1, 0, 1], 3), NAMES3)
+    assert m["auc"] is None
+    json.dumps(m, allow_nan=False)
+
+
+def test_classification_input_errors():
+    with pytest.raises(ValueError, match="columns"):
+        classification_metrics(np.array([0, 1]), np.ones((2, 2)) / 2, NAMES3)
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        classification_metrics(np.array([0, 1, 2]), np.ones((2, 3)) / 3, NAMES3)
+
+
+def test_confusion_records():
+    rows = confusion_records(np.array([0, 2]), np.array([1, 2]), NAMES3)
+    assert rows == [{"actual": "A", "predicted": "B"}, {"actual": "C", "predicted": "C"}]
+    with pytest.raises(ValueError):
+        confusion_records(np.array([0, 3]), np.array([0, 1]), NAMES3)
+
+
+# ------------------------------------------------------------------------------ segmentation
+
+SEG_NAMES = ["background", "liver", "spleen"]
+
+
+def _cube(shape=(24, 24, 24), lo=6, hi=14, value=1) -> np.ndarray:
+    vol = np.zeros(shape, dtype=np.int64)
+    vol[lo:hi, lo:hi, lo:hi] = value
+    return vol
+
+
+def test_perfect_prediction():
+    label = _cube()
+    label[16:20, 16:20, 16:20] = 2
+    scorer = SegmentationScorer(SEG_NAMES)
+    scorer.add(label.copy(), label, spacing=(1.5, 1.0, 2.0))
+    agg = scorer.aggregate()
+    assert agg["dice"] == pytest.approx(1.0)
+    assert agg["hd95_mm"] == pytest.approx(0.0)
+    assert agg["asd_mm"] == pytest.approx(0.0)
+    assert agg["per_class"]["spleen"]["n"] == 1
+    assert agg["n_volumes"] == 1
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_shifted_cube_distances_are_in_mm(axis):
+    label = _cube()
+    pred = np.roll(label, 2, axis=axis)  # shift 2 voxels
+    spacing = [1.0, 1.0, 1.0]
+    spacing[axis] = 3.0  # 3 mm along the shift axis -> 6 mm
+    scorer = SegmentationScorer(["background", "organ"])
+    scorer.add(pred, label, spacing=tuple(spacing))
+    agg = scorer.aggregate()
+    assert agg["hd95_mm"] == pytest.approx(6.0, abs=1e-4)
+    # ASD (symmetric, over both surfaces) checked against medpy's independent implementation.
+    expected_asd = medpy_assd(pred > 0, label > 0, voxelspacing=spacing)
+    assert agg["asd_mm"] == pytest.approx(expected_asd, rel=1e-4)
+    assert agg["dice"] == pytest.approx(2 * 6 * 64 / (2 * 8 * 64), abs=1e-6)
+
+
+def test_distances_scale_with_spacing():
+    label = _cube()
+    pred = np.roll(label, 2, axis=1)
+    results = []
+    for s in (1.0, 2.5):
+        scorer = SegmentationScorer(["background", "organ"])
+        scorer.add(pred, label, spacing=(s, s, s))
+        results.append(scorer.aggregate())
+    assert results[1]["hd95_mm"] == pytest.approx(2.5 * results[0]["hd95_mm"], rel=1e-4)
+    assert results[1]["asd_mm"] == pytest.approx(2.5 * results[0]["asd_mm"], rel=1e-4)
+
+
+def test_shifted_plate_asd_equals_shift():
+    # A one-voxel-thick plate shifted along its normal: every surface point is exactly the
+    # shift away from the other surface, so HD95 = ASD = 2 voxels * 3 mm.
+    label = np.zeros((20, 20, 20), dtype=np.int64)
+    label[5, 3:15, 3:15] = 1
+    pred = np.roll(label, 2, axis=0)
+    scorer = SegmentationScorer(["background", "organ"])
+    scorer.add(torch.as_tensor(pred), torch.as_tensor(label), spacing=(3.0, 1.0, 1.0))
+    agg = scorer.aggregate()
+    assert agg["hd95_mm"] == pytest.approx(6.0, abs=1e-4)
+    assert agg["asd_mm"] == pytest.approx(6.0, abs=1e-4)
+
+
+def test_empty_rules():
+    shape, spacing = (10, 12, 14), (1.0, 2.0, 0.5)
+    diagonal = math.sqrt(10**2 + 24**2 + 7**2)
+    label = np.zeros(shape, dtype=np.int64)
+    label[2:5, 2:5, 2:5] = 1  # liver present, spleen absent
+    scorer = SegmentationScorer(SEG_NAMES)
+
+    # Both empty for spleen -> skipped; liver missed -> Dice 0, distances = diagonal.
+    scorer.add(np.zeros(shape, dtype=np.int64), label, spacing)
+    agg = scorer.aggregate()
+    assert agg["per_class"]["spleen"] == {"dice": None, "hd95_mm": None, "asd_mm": None, "n": 0}
+    assert agg["per_class"]["liver"]["dice"] == 0.0
+    assert agg["per_class"]["liver"]["hd95_mm"] == pytest.approx(diagonal, abs=1e-5)
+    assert agg["per_class"]["liver"]["asd_mm"] == pytest.approx(diagonal, abs=1e-5)
+    assert agg["dice"] == 0.0  # mean over scored classes only (spleen never scored)
+
+    # Spleen predicted but absent from ground truth -> Dice 0, distances = diagonal.
+    pred = label.copy()
+    pred[7:9, 7:9, 7:9] = 2
+    scorer.add(pred, label, spacing)
+    agg = scorer.aggregate()
+    assert agg["per_class"]["spleen"]["n"] == 1
+    assert agg["per_class"]["spleen"]["dice"] == 0.0
+    assert agg["per_class"]["spleen"]["hd95_mm"] == pytest.approx(diagonal, abs=1e-5)
+    assert agg["per_class"]["liver"] == pytest.approx(
+        {"dice": 0.5, "hd95_mm": diagonal / 2, "asd_mm": diagonal / 2, "n": 2}, abs=1e-5
+    )
+    assert agg["dice"] == pytest.approx((0.5 + 0.0) / 2)
+    assert agg["n_volumes"] == 2
+    json.dumps(agg, allow_nan=False)
+
+
+def test_shape_mismatch_names_both_shapes():
+    scorer = SegmentationScorer(SEG_NAMES)
+    with pytest.raises(ValueError, match=r"\(8, 8, 8\).*\(8, 8, 9\)"):
+        scorer.add(np.zeros((8, 8, 8), int), np.zeros((8, 8, 9), int), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="values must lie"):
+        scorer.add(np.full((4, 4, 4), 3), np.zeros((4, 4, 4), int), (1.0, 1.0, 1.0))
+
+
+def test_flat_metrics_names():
+    seg = {
+        "dice": 0.5,
+        "n_volumes": 2,
+        "per_class": {
+            "liver": {"dice": 0.7, "hd95_mm": 3.0, "n": 2},
+            "left kidney": {"dice": None},
+        },
+    }
+    assert flat_metrics(seg) == {
+        "dice": 0.5,
+        "n_volumes": 2.0,
+        "dice_liver": 0.7,
+        "hd95_mm_liver": 3.0,
+        "n_liver": 2.0,
+    }
+    cls = classification_metrics(np.array([0, 1]), _probs_for([0, 1], 2), ["PLAX", "A4C"])
+    flat = flat_metrics(cls)
+    assert flat["recall_PLAX"] == 1.0 and flat["specificity_A4C"] == 1.0
+    assert not any(k.startswith("confusion") for k in flat)
+    assert all(isinstance(v, float) for v in flat.values())
+
+
+def test_cropping_matches_monai_on_the_full_volume():
+    # Irregular masks, one touching the array border: our bounding-box crop must not change
+    # Dice, HD95 or ASD compared with MONAI on the uncropped volume.
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_dice,
+        compute_hausdorff_distance,
+    )
+
+    rng = np.random.default_rng(1)
+    label = (rng.random((20, 18, 16)) > 0.6).astype(np.int64)
+    label[:, :, :3] = 0
+    pred = (rng.random((20, 18, 16)) > 0.6).astype(np.int64)
+    spacing = (0.7, 1.3, 2.0)
+    scorer = SegmentationScorer(["background", "organ"])
+    scorer.add(pred, label, spacing)
+    agg = scorer.aggregate()
+
+    p, g = torch.as_tensor(pred)[None, None].float(), torch.as_tensor(label)[None, None].float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # MONAI's internal deprecation notice
+        hd = compute_hausdorff_distance(
+            p, g, include_background=True, percentile=95, spacing=spacing
+        )
+        asd = compute_average_surface_distance(
+            p, g, include_background=True, symmetric=True, spacing=spacing
+        )
+    assert agg["dice"] == pytest.approx(compute_dice(p, g).item(), abs=1e-5)
+    assert agg["hd95_mm"] == pytest.approx(hd.item(), abs=1e-4)
+    assert agg["asd_mm"] == pytest.approx(asd.item(), abs=1e-4)

@@ -1,0 +1,253 @@
+"""Classification methods on tiny synthetic 16x16 images: terms, gradients, EMA, registry."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semimed.losses import masked_cross_entropy
+from semimed.methods import METHODS, get_method
+from semimed.methods.classification import FixMatch, Supervised, SupervisedFull
+from semimed.networks import build_network
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tensors here are tiny: extra OpenMP threads only spin, and on a shared 2-core machine
+    # they made this file up to 10x slower. Restored afterwards for other test files.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+NUM_CLASSES = 3
+
+
+def tiny_cnn():
+    return build_network(
+        "cnn", spatial_dims=2, in_channels=1, num_classes=NUM_CLASSES, channels=(4, 8), dropout=0.0
+    )
+
+
+class RecordingBatch(dict):
+    """A batch that remembers which keys a method read."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def make_batch(seed=0, n_lb=4, n_ulb=6):
+    g = torch.Generator().manual_seed(seed)
+    x_ulb_w = torch.rand(n_ulb, 1, 16, 16, generator=g)
+    return RecordingBatch(
+        x_lb=torch.rand(n_lb, 1, 16, 16, generator=g),
+        y_lb=torch.randint(0, NUM_CLASSES, (n_lb,), generator=g),
+        x_ulb_w=x_ulb_w,
+        # A different image per sample, so the strong view's predictions differ from the weak's.
+        x_ulb_s=(x_ulb_w + 0.3 * torch.rand(n_ulb, 1, 16, 16, generator=g)).clamp(0, 1),
+    )
+
+
+def make(cls, total_steps=100, **params):
+    torch.manual_seed(0)
+    return cls(tiny_cnn, cls.Params(**params), num_classes=NUM_CLASSES, total_steps=total_steps)
+
+
+def trainable(method):
+    return [p for p in method.parameters() if p.requires_grad]
+
+
+def fits_fixed_batch(method, steps=15):
+    """True if a few Adam steps on one fixed batch lower the loss (measured at step 0)."""
+    batch = make_batch()
+    opt = torch.optim.Adam(trainable(method), lr=1e-2)
+    before = method.training_step(batch, 0)["loss"].item()
+    for step in range(steps):
+        opt.zero_grad()
+        method.training_step(batch, step)["loss"].backward()
+        opt.step()
+        method.on_step_end(step)
+    return method.training_step(batch, 0)["loss"].item() < before
+
+
+# Registry -------------------------------------------------------------------------------------
+
+
+def test_registry_names_and_flags():
+    assert METHODS["classification"] == {
+        "supervised": Supervised,
+        "supervised_full": SupervisedFull,
+        "fixmatch": FixMatch,
+    }
+    for name, cls in METHODS["classification"].items():
+        assert cls.name == name
+        assert get_method("classification", name) is cls
+    assert not Supervised.uses_unlabeled and Supervised.labeled_pool == "labeled"
+    assert not SupervisedFull.uses_unlabeled and SupervisedFull.labeled_pool == "all"
+    assert FixMatch.uses_unlabeled and FixMatch.labeled_pool == "labeled"
+
+
+def test_registry_errors_list_choices():
+    with pytest.raises(
+        ValueError,
+        match="unknown classification method 'mixmatch'; choose one of: "
+        "supervised, supervised_full, fixmatch",
+    ):
+        get_method("classification", "mixmatch")
+    with pytest.raises(ValueError, match="unknown task 'detection'.*classification, segmentation"):
+        get_method("detection", "fixmatch")
+
+
+def test_wrong_params_type_rejected():
+    with pytest.raises(TypeError, match="params must be"):
+        FixMatch(tiny_cnn, Supervised.Params(), num_classes=NUM_CLASSES, total_steps=10)
+
+
+@pytest.mark.parametrize(
+    "cls,field,value",
+    [
+        (Supervised, "label_smoothing", 1.0),
+        (Supervised, "label_smoothing", -0.1),
+        (FixMatch, "threshold", 1.5),
+        (FixMatch, "lambda_u", -1.0),
+        (FixMatch, "temperature", 0.0),
+        (FixMatch, "ema_decay", 1.0),
+    ],
+)
+def test_params_reject_bad_values(cls, field, value):
+    with pytest.raises(ValueError, match=f"^{field}: must be"):
+        cls.Params(**{field: value})
+
+
+# Supervised -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [Supervised, SupervisedFull])
+def test_supervised_ignores_unlabeled(cls):
+    method = make(cls, label_smoothing=0.1)
+    batch = make_batch()
+    out = method.training_step(batch, 0)
+    assert set(out) == {"loss", "sup"}
+    assert batch.read == {"x_lb", "y_lb"}
+    # Works without unlabeled keys at all.
+    method.training_step({"x_lb": batch["x_lb"], "y_lb": batch["y_lb"]}, 0)
+    assert method.inference_model() is method.net
+
+
+@pytest.mark.parametrize("cls", [Supervised, SupervisedFull])
+def test_supervised_fits_fixed_batch(cls):
+    assert fits_fixed_batch(make(cls))
+
+
+# FixMatch -------------------------------------------------------------------------------------
+
+
+def test_fixmatch_one_forward_pass_weak_targets_strong_predictions():
+    # threshold 0: every pseudo-label counts, so the unsupervised term must be non-zero.
+    method = make(FixMatch, threshold=0.0)
+    batch = make_batch()
+    calls = []
+    method.net.register_forward_hook(lambda mod, inp, out: calls.append((inp[0], out)))
+    out = method.training_step(batch, 0)
+
+    assert len(calls) == 1, "FixMatch must make exactly one forward pass"
+    x, logits = calls[0]
+    torch.testing.assert_close(x, torch.cat([batch["x_lb"], batch["x_ulb_w"], batch["x_ulb_s"]]))
+    logits_w, logits_s = logits[4:10], logits[10:]
+    # Targets come from the weak view, predictions from the strong view, never the reverse.
+    expected = masked_cross_entropy(logits_s, logits_w.argmax(1), torch.ones(6, dtype=torch.bool))
+    torch.testing.assert_close(out["unsup"], expected)
+    assert out["unsup"] > 0 and out["mask_ratio"] == 1.0
+    assert set(out) == {"loss", "sup", "unsup", "mask_ratio"}
+
+
+def test_fixmatch_pseudo_labels_come_from_weak_view():
+    # A net whose class is set by mean intensity: bright weak views -> class 0, dark strong
+    # views -> class 1. Targets from the weak view make the strong predictions wrong (high CE).
+    def intensity_net():
+        head = nn.Linear(1, NUM_CLASSES)
+        with torch.no_grad():
+            head.weight.copy_(torch.tensor([[10.0], [-10.0], [0.0]]))
+            head.bias.copy_(torch.tensor([-5.0, 5.0, 0.0]))
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+
+    method = FixMatch(intensity_net, FixMatch.Params(threshold=0.9), NUM_CLASSES, total_steps=10)
+    batch = make_batch()
+    batch["x_ulb_w"] = torch.full((6, 1, 16, 16), 0.9)
+    batch["x_ulb_s"] = torch.full((6, 1, 16, 16), 0.1)
+    out = method.training_step(batch, 0)
+    logits_s = method.net(batch["x_ulb_s"])
+    expected = F.cross_entropy(logits_s, torch.zeros(6, dtype=torch.long))
+    assert out["mask_ratio"] == 1.0
+    torch.testing.assert_close(out["unsup"], expected)
+    assert out["unsup"] > 5
+
+
+def test_fixmatch_unsup_gradient_flows_only_through_strong_view():
+    method = make(FixMatch, threshold=0.0)
+    captured = {}
+
+    def keep_output(mod, inp, out):
+        out.retain_grad()
+        captured["logits"] = out
+
+    method.net.register_forward_hook(keep_output)
+    method.training_step(make_batch(), 0)["unsup"].backward()
+    grad = captured["logits"].grad  # rows: 4 labeled, 6 weak, 6 strong
+    assert grad[:10].abs().sum() == 0 and grad[10:].abs().sum() > 0
+
+
+def test_fixmatch_unsup_term_alone_reaches_weights():
+    method = make(FixMatch, threshold=0.0)
+    out = method.training_step(make_batch(), 0)
+    assert out["unsup"] > 0
+    out["unsup"].backward()
+    grads = [p.grad for p in trainable(method)]
+    assert all(g is not None for g in grads)
+    assert method.net.head.weight.grad.abs().sum() > 0
+    assert next(method.net.backbone.parameters()).grad.abs().sum() > 0  # first conv
+
+
+def test_fixmatch_threshold_one_masks_everything():
+    method = make(FixMatch, threshold=1.0)
+    out = method.training_step(make_batch(), 0)
+    assert out["mask_ratio"] == 0.0 and out["unsup"] == 0.0
+    torch.testing.assert_close(out["loss"], out["sup"])
+
+
+def test_fixmatch_fits_fixed_batch():
+    assert fits_fixed_batch(make(FixMatch, threshold=0.5))
+
+
+def test_fixmatch_ema_is_frozen_moves_and_is_evaluated():
+    method = make(FixMatch, threshold=0.0, ema_decay=0.9)
+    assert method.inference_model() is method.ema
+    ema_ids = {id(p) for p in method.ema.parameters()}
+    assert not ema_ids & {id(p) for p in trainable(method)}
+
+    opt = torch.optim.SGD(trainable(method), lr=0.1)
+    method.training_step(make_batch(), 0)["loss"].backward()
+    assert all(p.grad is None for p in method.ema.parameters())
+    opt.step()
+    before = [p.clone() for p in method.ema.parameters()]
+    method.on_step_end(step=100)  # past the warm-up: decay 0.9
+    moved = [not torch.equal(b, p) for b, p in zip(before, method.ema.parameters(), strict=True)]
+    assert any(moved)
+    for b, p, s in zip(before, method.ema.parameters(), method.net.parameters(), strict=True):
+        torch.testing.assert_close(p, 0.9 * b + 0.1 * s)
+
+
+def test_fixmatch_without_ema_evaluates_student():
+    method = make(FixMatch, ema_decay=0.0)
+    assert method.ema is None and method.inference_model() is method.net
+    method.on_step_end(0)  # no-op, no error

@@ -1,0 +1,194 @@
+"""End to end: the real `dvc repro` and `dvc exp run -S` on a tiny params override.
+
+The repository (tracked and untracked-but-not-ignored files) is copied into a temporary git
+repo with a fresh DVC cache; DVC and git are isolated from the user's config as DVC's own
+test-suite does. Takes about 1-2 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "classification": {
+        "data": {
+            "synthetic": {
+                "num_patients": 12,
+                "studies_per_patient": 1,
+                "frames_per_study": 4,
+                "image_size": 32,
+                "seed": 0,
+            }
+        },
+        "preprocess": {"image_size": 32},
+        "split": {"labeled_percent": 30},
+        "methods": ["supervised", "fixmatch"],
+        "seeds": [0],
+        "network": {"channels": [8, 16]},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "eval_every": 2,
+            "checkpoint_every": 2,
+        },
+    },
+    "segmentation": {
+        "data": {"synthetic": {"num_cases": 8, "seed": 0}},
+        "preprocess": {"spacing": [6.0, 6.0, 6.0]},
+        "split": {"labeled_percent": 20},
+        "methods": ["supervised", "mean_teacher"],
+        "seeds": [0],
+        "network": {"channels": [4, 8]},
+        "train": {
+            "steps": 3,
+            "batch_size": 1,
+            "patch_size": [16, 16, 16],
+            "warmup_steps": 1,
+            "eval_every": 3,
+            "checkpoint_every": 3,
+        },
+    },
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = _merge(base[k], v) if isinstance(v, dict) else v
+    return base
+
+
+def _env(tmp: Path) -> dict:
+    env = dict(os.environ)
+    for var in list(env):
+        if var.startswith(("DVC_", "GIT_")):
+            del env[var]
+    home = tmp / "home"
+    home.mkdir()
+    env.update(
+        HOME=str(home),
+        GIT_CONFIG_NOSYSTEM="1",
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(tmp / "dvc-site"),
+        DVC_GLOBAL_CONFIG_DIR=str(tmp / "dvc-global"),
+        DVC_SYSTEM_CONFIG_DIR=str(tmp / "dvc-system"),
+        PATH=f"{BIN}{os.pathsep}{env['PATH']}",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+    return env
+
+
+def _run(args, repo, env) -> str:
+    out = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, (
+        f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    )
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    repo = tmp / "repo"
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file() and not rel.startswith(("metrics/", "plots/")):
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, repo / rel)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    params = _merge(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = _env(tmp)
+    _run(["git", "init", "-q", "-b", "main"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "tiny"], repo, env)
+    return repo, env
+
+
+def test_repro_writes_metrics_and_second_repro_is_noop(repo):
+    repo, env = repo
+    _run(["dvc", "repro"], repo, env)
+    for task, methods in (
+        ("classification", ["supervised", "fixmatch"]),
+        ("segmentation", ["supervised", "mean_teacher"]),
+    ):
+        for m in methods:
+            metrics = json.loads((repo / f"metrics/{task}/{m}/seed0.json").read_text())
+            key = "balanced_accuracy" if task == "classification" else "dice"
+            assert 0.0 <= metrics[key] <= 1.0
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert set(summary) == {"classification", "segmentation"}
+    stats = summary["classification"]["fixmatch"]["balanced_accuracy"]
+    assert set(stats) == {"mean", "std", "n"} and stats["n"] == 1
+    assert (repo / "plots/eval/classification/fixmatch/seed0/confusion.json").is_file()
+    assert (repo / "plots/eval/segmentation/supervised/seed0/overlay.png").stat().st_size > 0
+    assert (repo / "models/segmentation/mean_teacher/seed0/best.pt").is_file()
+
+    again = _run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in again
+    status = _run(["dvc", "status"], repo, env)
+    assert "up to date" in status
+
+
+def test_exp_run_set_param_replans_and_shows(repo):
+    repo, env = repo
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "baseline results"], repo, env)
+    out = _run(
+        ["dvc", "exp", "run", "-n", "lab40", "-S", "segmentation.split.labeled_percent=40"],
+        repo,
+        env,
+    )
+    assert "split_segmentation" in out and "ingest_classification" not in out.replace(
+        "Stage 'ingest_classification' didn't change", ""
+    )
+    out = _run(
+        ["dvc", "exp", "run", "-n", "two", "-S", "classification.methods=[supervised]"], repo, env
+    )
+    shown = json.loads(
+        _run(["dvc", "exp", "show", "--json"], repo, env).split("\n", 1)[-1]
+        if False
+        else _run(["dvc", "exp", "show", "--json"], repo, env)
+    )
+    names = json.dumps(shown)
+    assert "lab40" in names and "two" in names
+    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD", "--json"], repo, env) or "{}")
+    assert isinstance(diff, dict)
+
+
+def test_bad_params_stop_a_stage_with_one_line(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["classification"]["train"]["optimizer"] = "adamx"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "stages/ingest.py"), "--task", "classification"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "error: params.yaml: classification.train.optimizer: must be one of sgd, adam, adamw; "
+        "got 'adamx'"
+    )
+    assert not (tmp_path / "data").exists()
