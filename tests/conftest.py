@@ -20,3 +20,15 @@ def default_params() -> dict:
 def params(default_params) -> dict:
     """A mutable deep copy of params.yaml."""
     return copy.deepcopy(default_params)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Unit-test tensors are tiny: extra OpenMP threads only spin, and on a busy 2-core
+    machine they made method tests up to 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,16 +15,6 @@ from semimed.losses import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are tiny: extra OpenMP threads only spin, and on a shared 2-core machine
-    # they made this file up to 10x slower. Restored afterwards for other test files.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_sigmoid_rampup_endpoints_and_monotone():
     assert sigmoid_rampup(0, 100) == pytest.approx(math.exp(-5))
     assert sigmoid_rampup(50, 100) == pytest.approx(math.exp(-5 * 0.25))

@@ -10,17 +10,6 @@ from semimed.methods import METHODS, get_method
 from semimed.methods.segmentation import MeanTeacher, Supervised, SupervisedFull
 from semimed.networks import build_network
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are tiny: extra OpenMP threads only spin, and on a shared 2-core machine
-    # they made this file up to 10x slower. Restored afterwards for other test files.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 NUM_CLASSES = 3
 
 

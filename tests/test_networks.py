@@ -7,16 +7,6 @@ from torch import nn
 from semimed.networks import NETWORKS, build_network
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are tiny: extra OpenMP threads only spin, and on a shared 2-core machine
-    # they made this file up to 10x slower. Restored afterwards for other test files.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _classifier(name, channels=(8, 16), num_classes=3, in_channels=1):
     return build_network(
         name,

@@ -1,30 +1,36 @@
 """Synthetic echocardiography frames in the layout of TMED-2 (Huang et al., MLHC 2021).
 
-Generative model (all units are fractions of the image width; depth ``y`` grows downwards):
+Generative model (lengths are fractions of the image width; depth ``y`` grows downwards):
 
-1. **Patient** -> AS severity (no / mild-moderate / severe, drawn with mild imbalance) and a
-   continuous valve score ``z`` inside that class's band (0-0.3, 0.35-0.65, 0.7-1.0) that is
-   shared by every study of the patient; also heart size and wall thickness.
-2. **Study** -> acquisition settings: probe tilt and sector opening, gain, dynamic range,
-   depth attenuation, speckle grain, near-field clutter.
-3. **Frame** -> a view (PLAX, PSAX, A4C, A2C; drawn per frame), a cardiac phase that shrinks
+1. **Patient** -> AS severity (no / mild-moderate / severe, mildly imbalanced) and a
+   continuous valve score ``z`` inside that class's band (0-0.3, 0.35-0.65, 0.7-1.0), shared by
+   every study of the patient; ``z`` also thickens the LV walls (concentric hypertrophy).
+2. **Study** -> acquisition settings: probe tilt and sector opening, heart placement and
+   depth zoom, gain, dynamic range, depth attenuation, speckle grain, near-field clutter, and
+   a left-right mirrored display in some studies (lab convention).
+3. **Frame** -> a view (PLAX, PSAX, A4C, A2C; drawn per frame) and a plane within it (PSAX at
+   papillary or aortic-valve level; A4C true or foreshortened), a cardiac phase that shrinks
    the ventricles and swells the atria, and a small shift / rotation / zoom of the heart.
-   Some frames are off-axis (the heart is rotated and zoomed far more) or lose part of the
-   sector to a rib shadow; these set the ceiling on view accuracy.
+   A few frames are off-axis (far larger pose error) or lose a wedge to a rib shadow.
 
-Rendering: the view fixes a set of blood-pool ellipses (chambers), each wrapped in myocardium,
-plus valve leaflets drawn as bright line segments. The aortic-valve echo gets thicker and
-brighter with ``z`` (calcification); it is fully visible in PLAX and dimmer in the other
-views, so severity is learnable but harder than the view. The echogenicity map is blurred
-more with depth (lateral resolution), multiplied by spatially correlated Rayleigh speckle
-(magnitude of a smoothed complex Gaussian field), attenuated with depth, log-compressed,
-masked to the fan sector and saved as an 8-bit grayscale PNG.
+Rendering: a plane is a set of blood-pool ellipses (chambers), each wrapped in myocardium,
+plus leaflets drawn as bright line segments. The aortic-valve echo gets thicker and brighter
+with ``z`` (calcification); it is fully visible in PLAX and basal PSAX and dimmer elsewhere,
+so severity is learnable but harder than the view. The echogenicity map is blurred more with
+depth (lateral resolution), multiplied by spatially correlated Rayleigh speckle (magnitude of
+a smoothed complex Gaussian field), attenuated with depth, log-compressed, masked to the fan
+sector and saved as an 8-bit grayscale PNG.
+
+Difficulty was calibrated (module constants below) so that a 4-layer CNN trained on 10 % of
+the default training frames is clearly worse at views than one trained on all of them,
+leaving room for semi-supervised learning.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -45,46 +51,96 @@ CSV_COLUMNS = (
 )
 
 # Difficulty knobs, calibrated so a small CNN needs many labels to reach its ceiling on views.
-OFF_AXIS_PROB = 0.15  # fraction of frames with a badly placed probe (pose jitter x OFF_AXIS_SCALE)
+OFF_AXIS_PROB = 0.05  # fraction of frames with a badly placed probe (pose jitter x OFF_AXIS_SCALE)
 OFF_AXIS_SCALE = 3.0
 POSE_JITTER = (6.0, 0.03, 0.05)  # per-frame std of rotation (deg), shift (width), log-zoom
-SHADOW_PROB = 0.3  # fraction of frames with a rib shadow across part of the sector
-SPECKLE_MIX = 1.0  # 1 = fully developed speckle, 0 = none
-VALVE_THICKENING = 0.035  # aortic-valve echo half-width added at valve score z = 1 (width)
-VALVE_BRIGHTENING = 1.6  # aortic-valve echogenicity added at z = 1
-HYPERTROPHY = 0.6  # relative LV wall thickening at z = 1
+SHADOW_PROB = 0.15  # fraction of frames with a rib shadow across part of the sector
+SPECKLE_MIX = 0.85  # 1 = fully developed speckle, 0 = none
+VALVE_THICKENING = 0.05  # aortic-valve echo half-width added at valve score z = 1 (width)
+VALVE_BRIGHTENING = 2.5  # aortic-valve echogenicity added at z = 1
+HYPERTROPHY = 1.0  # relative LV wall thickening at z = 1
+FLIP_PROB = 0.25  # fraction of studies displayed mirrored left-right
 
-# Chambers per view: (cx, cy, semi-axis a, semi-axis b, angle in degrees, kind) in heart
-# coordinates; kind V = ventricle (shrinks in systole), A = atrium (grows), O = aortic root.
-CHAMBERS = {
-    "PLAX": [
+
+class Plane(NamedTuple):
+    """One imaging plane in heart coordinates (x right, y deeper; unit = image width).
+
+    chambers: (cx, cy, semi-axis a, semi-axis b, angle in degrees, kind) blood pools, each
+        wrapped in myocardium; kind V = ventricle (shrinks in systole), A = atrium (grows),
+        O = aortic root (rigid).
+    leaflets: mitral / tricuspid leaflets or papillary muscles as segments (x0, y0, x1, y1).
+    valve: aortic-valve (or annular calcification) segments carrying the AS cue.
+    visibility: how much of the AS cue this plane shows (1 = valve seen in full).
+    """
+
+    chambers: list
+    leaflets: list
+    valve: list
+    visibility: float
+
+
+_PLAX = Plane(
+    [
         (-0.02, -0.24, 0.28, 0.055, 8, "V"),
         (-0.10, -0.03, 0.27, 0.11, 8, "V"),
         (0.25, -0.12, 0.14, 0.055, 0, "O"),
         (0.24, 0.13, 0.11, 0.09, 0, "A"),
     ],
-    "PSAX": [(-0.04, -0.19, 0.23, 0.065, -12, "V"), (0.0, 0.03, 0.14, 0.14, 0, "V")],
-    "A4C": [
+    [(0.13, -0.06, 0.05, 0.04), (0.15, 0.06, 0.09, 0.05)],
+    [(0.12, -0.17, 0.16, -0.125), (0.12, -0.07, 0.16, -0.115)],
+    1.0,
+)
+_PSAX_MID = Plane(  # papillary-muscle level: round LV ring, crescent RV
+    [(-0.04, -0.19, 0.23, 0.065, -12, "V"), (0.0, 0.03, 0.14, 0.14, 0, "V")],
+    [(-0.06, 0.07, -0.05, 0.09), (0.06, 0.07, 0.05, 0.09)],
+    [(0.10, -0.10, 0.14, -0.07)],
+    0.4,
+)
+_PSAX_BASE = Plane(  # aortic-valve level: aortic ring with the three-cusp "Mercedes" valve
+    [
+        (0.0, -0.19, 0.25, 0.06, 0, "V"),
+        (0.0, 0.0, 0.085, 0.085, 0, "O"),
+        (0.03, 0.2, 0.16, 0.07, 0, "A"),
+        (-0.2, 0.09, 0.07, 0.08, 0, "A"),
+    ],
+    [],
+    [(0.0, 0.0, 0.0, -0.08), (0.0, 0.0, -0.07, 0.04), (0.0, 0.0, 0.07, 0.04)],
+    1.0,
+)
+_A4C = Plane(
+    [
         (0.11, -0.10, 0.10, 0.22, -4, "V"),
         (-0.12, -0.07, 0.09, 0.19, 6, "V"),
         (0.11, 0.24, 0.10, 0.085, 0, "A"),
         (-0.11, 0.23, 0.09, 0.08, 0, "A"),
     ],
-    "A2C": [(0.0, -0.10, 0.12, 0.23, 0, "V"), (0.0, 0.24, 0.11, 0.09, 0, "A")],
-}
-# Ordinary leaflets (mitral / tricuspid) as segments (x0, y0, x1, y1).
-LEAFLETS = {
-    "PLAX": [(0.13, -0.06, 0.05, 0.04), (0.15, 0.06, 0.09, 0.05)],
-    "PSAX": [(-0.06, 0.07, -0.05, 0.09), (0.06, 0.07, 0.05, 0.09)],  # papillary muscles
-    "A4C": [(0.03, 0.14, 0.09, 0.10), (0.19, 0.14, 0.13, 0.10), (-0.03, 0.14, -0.09, 0.10)],
-    "A2C": [(-0.09, 0.14, -0.03, 0.10), (0.09, 0.14, 0.03, 0.10)],
-}
-# Aortic-valve (or annular calcification) echo per view: segments and how visible it is.
-AORTIC_VALVE = {
-    "PLAX": ([(0.12, -0.17, 0.16, -0.125), (0.12, -0.07, 0.16, -0.115)], 1.0),
-    "PSAX": ([(0.10, -0.10, 0.14, -0.07)], 0.5),
-    "A4C": ([(-0.02, 0.14, 0.02, 0.14)], 0.45),
-    "A2C": ([(0.07, 0.15, 0.11, 0.13)], 0.35),
+    [(0.03, 0.14, 0.09, 0.10), (0.19, 0.14, 0.13, 0.10), (-0.03, 0.14, -0.09, 0.10)],
+    [(-0.02, 0.14, 0.02, 0.14)],
+    0.45,
+)
+_A4C_SHORT = Plane(  # foreshortened: the probe sits off the true apex, ventricles look stubby
+    [
+        (0.12, -0.03, 0.11, 0.15, -4, "V"),
+        (-0.12, -0.02, 0.10, 0.13, 6, "V"),
+        (0.12, 0.23, 0.11, 0.09, 0, "A"),
+        (-0.11, 0.22, 0.10, 0.085, 0, "A"),
+    ],
+    [(0.03, 0.14, 0.09, 0.10), (0.19, 0.14, 0.13, 0.10), (-0.03, 0.14, -0.09, 0.10)],
+    [(-0.02, 0.14, 0.02, 0.14)],
+    0.45,
+)
+_A2C = Plane(
+    [(0.0, -0.10, 0.12, 0.23, 0, "V"), (0.0, 0.24, 0.11, 0.09, 0, "A")],
+    [(-0.09, 0.14, -0.03, 0.10), (0.09, 0.14, 0.03, 0.10)],
+    [(0.07, 0.15, 0.11, 0.13)],
+    0.35,
+)
+# Planes a view label covers, with their frequencies: sub-types a few labels rarely show.
+PLANES = {
+    "PLAX": ([_PLAX], [1.0]),
+    "PSAX": ([_PSAX_MID, _PSAX_BASE], [0.6, 0.4]),
+    "A4C": ([_A4C, _A4C_SHORT], [0.7, 0.3]),
+    "A2C": ([_A2C], [1.0]),
 }
 
 
@@ -109,12 +165,13 @@ def _soft_inside(r, edge):
     return 1.0 / (1.0 + np.exp(np.clip((r - 1.0) / edge, -30, 30)))
 
 
-def _heart_echogenicity(x, y, view, phase, wall, z, valve_gain, px):
-    """Echogenicity map (H, W) in [0, ~1.5] of one view in heart coordinates x, y."""
+def _heart_echogenicity(x, y, plane, phase, wall, z, valve_gain, px, scale):
+    """Echogenicity map (H, W) in [0, ~2] of one plane in heart coordinates x, y, and the
+    myocardium mask (H, W) in [0, 1]."""
     squeeze = 0.5 * (1 - np.cos(2 * np.pi * phase))  # 0 at end-diastole, 1 at end-systole
     myo = np.zeros_like(x)
     blood = np.zeros_like(x)
-    for cx, cy, a, b, ang, kind in CHAMBERS[view]:
+    for cx, cy, a, b, ang, kind in plane.chambers:
         s = {"V": 1 - 0.14 * squeeze, "A": 1 + 0.08 * squeeze, "O": 1.0}[kind]
         w = wall * (0.6 if kind != "V" else 1 + 0.3 * squeeze)
         a, b = a * s, b * s
@@ -123,15 +180,14 @@ def _heart_echogenicity(x, y, view, phase, wall, z, valve_gain, px):
         blood = np.maximum(blood, _soft_inside(r_in, px / min(a, b)))
         myo = np.maximum(myo, _soft_inside(r_out, px / min(a + w, b + w)))
     # Pericardium: a bright thin shell just outside the myocardium.
-    shell = np.clip(gaussian_filter(myo, 1.2) - myo, 0, None) * 2.5
+    shell = np.clip(gaussian_filter(myo, 1.2 * scale) - myo, 0, None) * 2.5
     echo = 0.45 * myo * (1 - blood) + 0.03 * blood + shell
-    for seg in LEAFLETS[view]:
+    for seg in plane.leaflets:
         d = _segment_distance(x, y, *seg)
         echo = np.maximum(echo, 0.55 * np.exp(-((d / (0.6 * px + 0.004)) ** 2)))
-    segments, visibility = AORTIC_VALVE[view]
     thick = 0.5 * px + 0.004 + VALVE_THICKENING * z
-    bright = visibility * valve_gain * (0.45 + VALVE_BRIGHTENING * z)
-    for seg in segments:
+    bright = plane.visibility * valve_gain * (0.45 + VALVE_BRIGHTENING * z)
+    for seg in plane.valve:
         d = _segment_distance(x, y, *seg)
         echo = np.maximum(echo, bright * np.exp(-((d / thick) ** 2)))
     return echo, myo
@@ -147,7 +203,7 @@ def _speckle(rng, shape, grain):
 
 def _render_frame(rng, size, view, study, patient, z):
     """One uint8 frame (size, size) of ``view`` under the study's acquisition settings."""
-    px = 1.0 / size
+    px, scale = 1.0 / size, size / 64  # filters are tuned in pixels of a 64 x 64 frame
     coords = (np.arange(size) + 0.5) / size
     gx, gy = np.meshgrid(coords - 0.5, coords)
     # Fan sector geometry (apex at top centre).
@@ -164,19 +220,22 @@ def _render_frame(rng, size, view, study, patient, z):
     dx, dy = gx - hx, gy - hy
     x = (dx * np.cos(rot) + dy * np.sin(rot)) / zoom
     y = (-dx * np.sin(rot) + dy * np.cos(rot)) / zoom
+    planes, probs = PLANES[view]
+    plane = planes[int(rng.choice(len(planes), p=probs))]
+    x = x * study["flip"]  # display convention: some labs mirror left-right
     heart, myo = _heart_echogenicity(
-        x, y, view, rng.random(), patient["wall"], z, study["valve_gain"], px / zoom
+        x, y, plane, rng.random(), patient["wall"], z, study["valve_gain"], px / zoom, scale
     )
-    tissue = 0.22 + 0.08 * gaussian_filter(rng.standard_normal((size, size)), 3 * size / 64)
-    tissue *= 1 + 0.5 * (gaussian_filter(rng.standard_normal((size, size)), size / 16) > 0.03)
-    outside = np.clip(1 - gaussian_filter(myo, 1.5) * 1.3, 0, 1)
+    tissue = 0.22 + 0.08 * gaussian_filter(rng.standard_normal((size, size)), 3 * scale)
+    tissue *= 1 + 0.5 * (gaussian_filter(rng.standard_normal((size, size)), 4 * scale) > 0.03)
+    outside = np.clip(1 - gaussian_filter(myo, 1.5 * scale) * 1.3, 0, 1)
     echo = heart + tissue * outside
     # Lateral resolution worsens with depth: blend towards a blurred copy.
-    blurred = gaussian_filter(echo, (0.6 * size / 64, 1.6 * size / 64))
+    blurred = gaussian_filter(echo, (0.6 * scale, 1.6 * scale))
     echo = echo * (1 - np.clip(r, 0, 1)) + blurred * np.clip(r, 0, 1)
-    speckle = _speckle(rng, (size, size), np.array(study["grain"]) * size / 64)
+    speckle = _speckle(rng, (size, size), np.array(study["grain"]) * scale)
     echo = echo * (1 + SPECKLE_MIX * (speckle - 1))
-    echo += study["clutter"] * np.exp(-r / 0.12) * _speckle(rng, (size, size), 1.0)
+    echo += study["clutter"] * np.exp(-r / 0.12) * _speckle(rng, (size, size), scale)
     if rng.random() < SHADOW_PROB:  # rib shadow: a dark wedge of the sector
         centre = rng.uniform(-1, 1) * study["half_open"]
         echo *= 1 - 0.75 * _soft_inside(np.abs(theta - centre) / rng.uniform(0.1, 0.25), 0.1)
@@ -195,7 +254,7 @@ def _draw_study(rng):
         "half_open": np.deg2rad(rng.uniform(32, 45)),
         "depth": rng.uniform(0.92, 1.02),
         "rot": rng.normal(0, 8),
-        "zoom": rng.uniform(0.85, 1.1),
+        "zoom": rng.uniform(0.8, 1.15),
         "hx": rng.normal(0, 0.04),
         "hy": rng.uniform(0.46, 0.56),
         "gain": rng.uniform(0.7, 1.5),
@@ -204,6 +263,7 @@ def _draw_study(rng):
         "grain": (rng.uniform(0.6, 1.0), rng.uniform(0.9, 1.6)),
         "clutter": rng.uniform(0.0, 0.25),
         "valve_gain": rng.uniform(0.85, 1.15),
+        "flip": -1.0 if rng.random() < FLIP_PROB else 1.0,
     }
 
 
