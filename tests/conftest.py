@@ -10,6 +10,56 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# A params override small enough for a whole `dvc repro` in about a minute on 2 CPU cores.
+TINY = {
+    "classification": {
+        "data": {
+            "synthetic": {
+                "num_patients": 12,
+                "studies_per_patient": 1,
+                "frames_per_study": 4,
+                "image_size": 32,
+                "seed": 0,
+            }
+        },
+        "preprocess": {"image_size": 32},
+        "split": {"labeled_percent": 30},
+        "methods": ["supervised", "fixmatch"],
+        "seeds": [0],
+        "network": {"channels": [8, 16]},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "eval_every": 2,
+            "checkpoint_every": 2,
+        },
+    },
+    "segmentation": {
+        "data": {"synthetic": {"num_cases": 8, "seed": 0}},
+        "preprocess": {"spacing": [6.0, 6.0, 6.0]},
+        "split": {"labeled_percent": 20},
+        "methods": ["supervised", "mean_teacher"],
+        "seeds": [0],
+        "network": {"channels": [4, 8]},
+        "train": {
+            "steps": 3,
+            "batch_size": 1,
+            "patch_size": [16, 16, 16],
+            "warmup_steps": 1,
+            "eval_every": 3,
+            "checkpoint_every": 3,
+        },
+    },
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Recursively update `base` with `over` (lists and scalars replace)."""
+    for k, v in over.items():
+        base[k] = merge(base[k], v) if isinstance(v, dict) else v
+    return base
+
 
 @pytest.fixture(scope="session")
 def default_params() -> dict:
@@ -20,6 +70,15 @@ def default_params() -> dict:
 def params(default_params) -> dict:
     """A mutable deep copy of params.yaml."""
     return copy.deepcopy(default_params)
+
+
+@pytest.fixture
+def tiny(default_params):
+    """Parsed TaskConfig of the tiny override, per task: `tiny("segmentation")`."""
+    from semimed.config import parse_task
+
+    over = merge(copy.deepcopy(default_params), copy.deepcopy(TINY))
+    return lambda task: parse_task(task, over[task])
 
 
 @pytest.fixture(autouse=True, scope="session")

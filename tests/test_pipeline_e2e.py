@@ -16,57 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY, merge
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-TINY = {
-    "classification": {
-        "data": {
-            "synthetic": {
-                "num_patients": 12,
-                "studies_per_patient": 1,
-                "frames_per_study": 4,
-                "image_size": 32,
-                "seed": 0,
-            }
-        },
-        "preprocess": {"image_size": 32},
-        "split": {"labeled_percent": 30},
-        "methods": ["supervised", "fixmatch"],
-        "seeds": [0],
-        "network": {"channels": [8, 16]},
-        "train": {
-            "steps": 4,
-            "batch_size": 4,
-            "warmup_steps": 1,
-            "eval_every": 2,
-            "checkpoint_every": 2,
-        },
-    },
-    "segmentation": {
-        "data": {"synthetic": {"num_cases": 8, "seed": 0}},
-        "preprocess": {"spacing": [6.0, 6.0, 6.0]},
-        "split": {"labeled_percent": 20},
-        "methods": ["supervised", "mean_teacher"],
-        "seeds": [0],
-        "network": {"channels": [4, 8]},
-        "train": {
-            "steps": 3,
-            "batch_size": 1,
-            "patch_size": [16, 16, 16],
-            "warmup_steps": 1,
-            "eval_every": 3,
-            "checkpoint_every": 3,
-        },
-    },
-}
-
-
-def _merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        base[k] = _merge(base[k], v) if isinstance(v, dict) else v
-    return base
 
 
 def _env(tmp: Path) -> dict:
@@ -116,7 +69,7 @@ def repo(tmp_path_factory):
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, repo / rel)
     (repo / "dvc.lock").unlink(missing_ok=True)
-    params = _merge(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = _env(tmp)
     _run(["git", "init", "-q", "-b", "main"], repo, env)

@@ -106,7 +106,8 @@ def build_unet(
     channels: Sequence[int],
     dropout: float,
 ) -> nn.Module:
-    """MONAI residual UNet (Ronneberger et al. 2015; Kerfoot et al. 2018), 2D or 3D.
+    """MONAI UNet (Ronneberger et al. 2015), 2D or 3D, without residual units: on a 2-core CPU
+    a 32^3 training step is ~2.8x faster than with `num_res_units=1`.
 
     One stride-2 level per step between ``channels`` entries, so each spatial size of the input
     must be divisible by ``2 ** (len(channels) - 1)``; instance norm because 3D batches hold
@@ -122,7 +123,7 @@ def build_unet(
         out_channels=num_classes,
         channels=tuple(channels),
         strides=(2,) * (len(channels) - 1),
-        num_res_units=1,
+        num_res_units=0,
         dropout=dropout,
         norm="instance",
     )

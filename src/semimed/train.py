@@ -213,7 +213,7 @@ def train_run(
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else nullcontext
     metric = VAL_METRIC[cfg.task]
     batches = train_batches(data, cfg, type(method), seed, start, device)
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     began = time.perf_counter()
     with Live(str(live_dir), resume=start > 0, dvcyaml=False, save_dvc_exp=False) as live:
         bar = tqdm(
@@ -237,9 +237,12 @@ def train_run(
             scaler.update()
             scheduler.step()
             method.on_step_end(step)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix({k: f"{float(v):.3f}" for k, v in terms.items()}, refresh=False)
+            for k, v in terms.items():  # stays on the device: no sync every step
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+            if step % 10 == 0:
+                bar.set_postfix(
+                    {k: f"{float(v.detach()):.3f}" for k, v in terms.items()}, refresh=False
+                )
 
             done = step + 1
             if done % t.eval_every == 0 or done == t.steps:
@@ -247,7 +250,7 @@ def train_run(
                 live.step = done
                 n = t.eval_every if done % t.eval_every == 0 else done % t.eval_every
                 for k, v in sums.items():
-                    live.log_metric(f"train/{k}", v / n)
+                    live.log_metric(f"train/{k}", float(v) / n)
                 live.log_metric("train/lr", scheduler.get_last_lr()[0])
                 live.log_metric(f"val/{metric}", score)
                 live.make_summary()

@@ -51,7 +51,7 @@ def segmentation_chain(spacing, window) -> Compose:
         [
             LoadImaged(keys, image_only=True),
             EnsureChannelFirstd(keys),
-            Orientationd(keys, axcodes="RAS"),
+            Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacingd(keys, pixdim=spacing, mode=("bilinear", "nearest")),
             ScaleIntensityRanged(
                 "image", a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True

@@ -1,0 +1,148 @@
+"""ingest -> preprocess -> split -> loaders -> training loop, in-process on tiny data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from semimed.config import ConfigError
+from semimed.data.loaders import load_task_data, train_batches
+from semimed.data.preprocess import preprocess
+from semimed.data.sources import ingest
+from semimed.data.splits import make_splits
+from semimed.io import write_json_atomic
+from semimed.methods import get_method
+from semimed.train import fingerprint, load_best, lr_factor, train_run
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, default_params):
+    """Run the data stages for both tasks once; returns {task: (cfg, processed, splits)}."""
+    import copy
+
+    from conftest import TINY, merge
+
+    from semimed.config import parse_task
+
+    root = tmp_path_factory.mktemp("data")
+    over = merge(copy.deepcopy(default_params), copy.deepcopy(TINY))
+    out = {}
+    for task in ("classification", "segmentation"):
+        cfg = parse_task(task, over[task])
+        ingest(cfg, root / task / "ingested")
+        manifest = preprocess(cfg, root / task / "ingested", root / task / "processed")
+        split = make_splits(manifest, cfg.split, getattr(cfg.data, "target", None))
+        write_json_atomic(root / task / "splits.json", split)
+        out[task] = (cfg, root / task / "processed", root / task / "splits.json")
+    return out
+
+
+def test_ingest_manifest_paths_exist(prepared):
+    cfg, processed, _ = prepared["classification"]
+    manifest = json.loads((processed.parent / "ingested" / "manifest.json").read_text())
+    assert manifest["classes"]["view"] == ["PLAX", "PSAX", "A4C", "A2C"]
+    from pathlib import Path
+
+    assert all(Path(r["image"]).is_file() for r in manifest["records"])
+
+
+def test_preprocess_outputs(prepared):
+    cfg, processed, _ = prepared["classification"]
+    images = np.load(processed / "images.npy")
+    assert images.shape[1:] == (1, 32, 32) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    cfg, processed, _ = prepared["segmentation"]
+    manifest = json.loads((processed / "manifest.json").read_text())
+    rec = manifest["records"][0]
+    image = np.load(processed / f"{rec['id']}_image.npy")
+    label = np.load(processed / f"{rec['id']}_label.npy")
+    assert image.shape == label.shape and image.shape[0] == 1
+    assert manifest["spacing"] == [6.0, 6.0, 6.0]
+    assert label.dtype == np.uint8 and label.max() < len(manifest["classes"])
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_train_batches_shapes(prepared, task):
+    cfg, processed, splits = prepared[task]
+    data = load_task_data(cfg, processed, splits)
+    ssl = get_method(task, "fixmatch" if task == "classification" else "mean_teacher")
+    batch = next(train_batches(data, cfg, ssl, seed=0, start_step=0, device="cpu"))
+    b, mu = cfg.train.batch_size, cfg.train.unlabeled_ratio
+    assert batch["x_lb"].shape[0] == b and batch["x_ulb_w"].shape[0] == b * mu
+    assert batch["x_ulb_w"].shape == batch["x_ulb_s"].shape
+    assert not torch.equal(batch["x_ulb_w"], batch["x_ulb_s"])
+    if task == "segmentation":
+        assert batch["x_lb"].shape[2:] == tuple(cfg.train.patch_size)
+        assert batch["y_lb"].shape == batch["x_lb"].shape and batch["y_lb"].dtype == torch.long
+    sup = get_method(task, "supervised")
+    assert "x_ulb_w" not in next(train_batches(data, cfg, sup, 0, 0, "cpu"))
+    # same seed and start step -> same batch (resume draws what a fresh run would)
+    again = next(train_batches(data, cfg, ssl, seed=0, start_step=0, device="cpu"))
+    assert torch.equal(batch["x_lb"], again["x_lb"])
+
+
+def test_empty_unlabeled_pool_is_a_clear_error(prepared):
+    cfg, processed, splits = prepared["classification"]
+    data = load_task_data(cfg, processed, splits)
+    data.split = dict(data.split, train_unlabeled=[])
+    with pytest.raises(ConfigError, match="needs unlabeled data"):
+        next(train_batches(data, cfg, get_method("classification", "fixmatch"), 0, 0, "cpu"))
+
+
+def test_lr_schedule(tiny):
+    t = tiny("classification").train
+    assert lr_factor(0, t) == pytest.approx(1 / t.warmup_steps)
+    assert lr_factor(t.warmup_steps, t) == pytest.approx(1.0)
+    assert lr_factor(t.steps - 1, t) < 0.5
+
+
+@pytest.mark.parametrize(
+    "task,method", [("classification", "fixmatch"), ("segmentation", "mean_teacher")]
+)
+def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys):
+    cfg, processed, splits = prepared[task]
+    data = load_task_data(cfg, processed, splits)
+    files = [processed / "manifest.json", splits]
+    model_dir, live_dir = tmp_path / "model", tmp_path / "live"
+    summary = train_run(cfg, data, method, 0, model_dir, live_dir, files)
+    assert summary["steps"] == cfg.train.steps and summary["best_step"] > 0
+    assert math.isfinite(list(summary.values())[4])
+    val_tsv = live_dir / "plots" / "metrics" / "val"
+    assert any(val_tsv.iterdir())
+    assert (live_dir / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    model = load_best(cfg, method, data.num_classes, model_dir, "cpu")
+    assert not model.training
+
+    # a crash after the first checkpoint: rewind last.pt to its first saved step
+    state = torch.load(model_dir / "last.pt", weights_only=True)
+    first = cfg.train.checkpoint_every
+    state["step"] = first
+    torch.save(state, model_dir / "last.pt")
+    capsys.readouterr()
+    train_run(cfg, data, method, 0, model_dir, live_dir, files)
+    assert f"from step {first}" in capsys.readouterr().out
+
+    # a torn checkpoint: warned about, and training restarts from scratch
+    (model_dir / "last.pt").write_bytes(b"not a checkpoint")
+    train_run(cfg, data, method, 0, model_dir, live_dir, files)
+    out = capsys.readouterr().out
+    assert "unreadable" in out and "resuming" not in out
+
+
+def test_fingerprint_tracks_params_and_data(tiny, tmp_path):
+    import dataclasses
+
+    cfg = tiny("classification")
+    f = tmp_path / "splits.json"
+    f.write_text("{}")
+    a = fingerprint(cfg, "fixmatch", 0, [f])
+    assert a == fingerprint(cfg, "fixmatch", 0, [f])
+    assert a != fingerprint(cfg, "fixmatch", 1, [f])
+    other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=0.1))
+    assert a != fingerprint(other, "fixmatch", 0, [f])
+    f.write_text('{"x": 1}')
+    assert a != fingerprint(cfg, "fixmatch", 0, [f])
