@@ -27,6 +27,17 @@ def sigmoid_rampup(step: int, rampup_steps: float) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
+def linear_rampup(step: int, rampup_steps: float) -> float:
+    """Weight ramp ``clip(step / rampup_steps, 0, 1)``: 0 at step 0, 1 from ``rampup_steps`` on.
+
+    Lee (2013) anneals the Pseudo-Label weight linearly; USB (Wang et al., NeurIPS 2022) ramps
+    its unsupervised weights this way over a share of training. ``rampup_steps <= 0``: no ramp.
+    """
+    if rampup_steps <= 0:
+        return 1.0
+    return min(max(step / rampup_steps, 0.0), 1.0)
+
+
 def softmax_mse(logits_student: Tensor, logits_teacher: Tensor) -> Tensor:
     """Mean squared error between class probabilities, averaged over every element.
 
@@ -46,6 +57,22 @@ def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tenso
     """
     per_sample = F.cross_entropy(logits, targets, reduction="none")
     return (per_sample * mask.to(per_sample.dtype)).mean()
+
+
+def confident_pseudo_label_loss(
+    logits_target: Tensor, logits_student: Tensor, threshold: float, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Hard pseudo-labels from ``logits_target`` (U, C) train ``logits_student`` (U, C).
+
+    Returns ``(loss, mask)``: ``masked_cross_entropy`` of the student against the target's
+    argmax, kept where ``max softmax(logits_target / temperature) >= threshold``; mask (U,) bool.
+    The target is detached here, so no gradient flows through it (Lee 2013; FixMatch, Sohn et
+    al. 2020, eq. 4, with the target from the weak view and the student on the strong one).
+    """
+    probs = (logits_target.detach() / temperature).softmax(dim=1)
+    confidence, pseudo_labels = probs.max(dim=1)
+    mask = confidence >= threshold
+    return masked_cross_entropy(logits_student, pseudo_labels, mask), mask
 
 
 @functools.lru_cache(maxsize=8)
@@ -68,6 +95,8 @@ def seg_supervised_loss(
 
 
 __all__ = [
+    "confident_pseudo_label_loss",
+    "linear_rampup",
     "masked_cross_entropy",
     "seg_supervised_loss",
     "sigmoid_rampup",

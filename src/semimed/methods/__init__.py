@@ -14,6 +14,8 @@ METHODS: dict[str, dict[str, type[Method]]] = {
         "supervised": classification.Supervised,
         "supervised_full": classification.SupervisedFull,
         "fixmatch": classification.FixMatch,
+        "mean_teacher": classification.MeanTeacher,
+        "pseudo_label": classification.PseudoLabel,
     },
     "segmentation": {
         "supervised": segmentation.Supervised,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semimed.ema import make_teacher, update_ema, warmup_decay
-from semimed.losses import masked_cross_entropy
+from semimed.losses import confident_pseudo_label_loss
 from semimed.methods.base import Method
 
 
@@ -67,11 +67,10 @@ class FixMatch(Method):
         logits_lb, logits_w, logits_s = logits.split([len(x_lb), len(x_ulb_w), len(x_ulb_s)])
 
         sup = F.cross_entropy(logits_lb, batch["y_lb"])
-        # The weak view only supplies targets; no gradient must flow through it.
-        probs_w = (logits_w.detach() / self.params.temperature).softmax(dim=1)
-        confidence, pseudo_labels = probs_w.max(dim=1)
-        mask = confidence >= self.params.threshold
-        unsup = masked_cross_entropy(logits_s, pseudo_labels, mask)
+        # The weak view only supplies (detached) targets; the strong view is trained.
+        unsup, mask = confident_pseudo_label_loss(
+            logits_w, logits_s, self.params.threshold, self.params.temperature
+        )
 
         return {
             "loss": sup + self.params.lambda_u * unsup,
