@@ -1,18 +1,9 @@
-"""Mean Teacher for classification: the student matches an EMA teacher's class probabilities.
+"""Mean Teacher for classification (Tarvainen & Valpola, NeurIPS 2017): the shared method in
+`semimed.methods.mean_teacher` with cross-entropy on the labeled images.
 
-Tarvainen & Valpola, "Mean teachers are better role models: Weight-averaged consistency targets
-improve semi-supervised deep learning results" (NeurIPS 2017), eqs. 1-2:
-
-    loss = CE(student(x_lb), y_lb)
-         + consistency * sigmoid_rampup(step, rampup * total_steps)
-           * mean[(softmax(student(x_ulb_s)) - softmax(teacher(x_ulb_w)))^2]
-    teacher <- ema_decay * teacher + (1 - ema_decay) * student      (after each optimizer step)
-
-The student sees the STRONG view and the teacher the WEAK one, as two independent noises of the
-same image (USB's Mean Teacher once fed the weak output where the strong one was meant; tests
-check which input reaches which network). Labeled and strong images share one student pass, so
-BatchNorm normalises the mixed batch, as in the paper's code; the teacher, with no gradient,
-runs on the weak views alone.
+Batch: ``x_lb`` (B, 1, H, W), ``y_lb`` (B,), ``x_ulb_w`` and ``x_ulb_s`` (U, 1, H, W); the weak
+and strong views are two independent noises of the same image. Labeled and strong images share
+one student pass, so BatchNorm normalises the mixed batch, as in the paper's code.
 
 Defaults. ``consistency`` = 50 is USB's classic-CV Mean Teacher weight (Wang et al., NeurIPS
 2022, ``ulb_loss_ratio: 50``) for the same softmax-MSE averaged over classes and samples; the
@@ -20,75 +11,23 @@ paper used 100 with that normalisation on CIFAR-10 and found results flat across
 10-100 in its SVHN ablation (Fig. 4). The 3D segmentation Mean Teacher uses 0.1 instead
 (SSL4MIS): voxel-wise terms over many voxels are another scale. ``rampup`` = 0.4 is USB's
 ``unsup_warm_up`` with the paper's sigmoid ramp. ``ema_decay`` = 0.99 is the paper's ramp-up
-value (0.999 after it) and suits our short runs. The teacher is validated and saved: the paper
-found the EMA model the more accurate of the two.
+value (0.999 after it) and suits our short runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from semimed.ema import make_teacher, update_ema, warmup_decay
-from semimed.losses import sigmoid_rampup, softmax_mse
-from semimed.methods.base import Method
+from semimed.methods import mean_teacher
 
 
-class MeanTeacher(Method):
-    """Batch: ``x_lb`` (B, 1, H, W), ``y_lb`` (B,), ``x_ulb_w`` and ``x_ulb_s`` (U, 1, H, W)."""
-
-    name = "mean_teacher"
-    uses_unlabeled = True
-
+class MeanTeacher(mean_teacher.MeanTeacher):
     @dataclass(frozen=True)
-    class Params:
-        ema_decay: float = 0.99  # teacher EMA decay per step, [0, 1)
+    class Params(mean_teacher.MeanTeacher.Params):
         consistency: float = 50.0  # final weight of the softmax-MSE consistency term, >= 0
-        rampup: float = 0.4  # share of total_steps over which the weight ramps up, [0, 1]
 
-        def __post_init__(self) -> None:
-            if not 0.0 <= self.ema_decay < 1.0:
-                raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
-            if self.consistency < 0.0:
-                raise ValueError(f"consistency: must be >= 0, got {self.consistency}")
-            if not 0.0 <= self.rampup <= 1.0:
-                raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
-
-    def __init__(
-        self,
-        net_factory: Callable[[], nn.Module],
-        params: Any,
-        num_classes: int,
-        total_steps: int,
-    ) -> None:
-        super().__init__(net_factory, params, num_classes, total_steps)
-        self.teacher = make_teacher(self.net)
-
-    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        x_lb, x_ulb_w, x_ulb_s = batch["x_lb"], batch["x_ulb_w"], batch["x_ulb_s"]
-        logits_lb, logits_s = self.net(torch.cat([x_lb, x_ulb_s])).split([len(x_lb), len(x_ulb_s)])
-        with torch.no_grad():
-            logits_teacher = self.teacher(x_ulb_w)
-
-        sup = F.cross_entropy(logits_lb, batch["y_lb"])
-        unsup = softmax_mse(logits_s, logits_teacher)
-        weight = self.params.consistency * sigmoid_rampup(
-            step, self.params.rampup * self.total_steps
-        )
-        return {
-            "loss": sup + weight * unsup,
-            "sup": sup,
-            "unsup": unsup,
-            "weight": sup.new_tensor(weight),
-        }
-
-    def on_step_end(self, step: int) -> None:
-        update_ema(self.teacher, self.net, warmup_decay(self.params.ema_decay, step))
-
-    def inference_model(self) -> nn.Module:
-        return self.teacher
+    def supervised_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets)

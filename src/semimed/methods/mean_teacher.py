@@ -1,0 +1,89 @@
+"""Mean Teacher, shared by both tasks: the student matches an EMA teacher's softmax.
+
+Tarvainen & Valpola, "Mean teachers are better role models: Weight-averaged consistency targets
+improve semi-supervised deep learning results" (NeurIPS 2017), eqs. 1-2:
+
+    loss = supervised(student(x_lb), y_lb)
+         + consistency * sigmoid_rampup(step, rampup * total_steps)
+           * mean[(softmax(student(x_ulb_s)) - softmax(teacher(x_ulb_w)))^2]
+    teacher <- ema_decay * teacher + (1 - ema_decay) * student      (after each optimizer step)
+
+The student sees the STRONG view and the teacher the WEAK one (USB's Mean Teacher once fed the
+weak output where the strong one was meant; tests check which input reaches which network).
+Labeled and strong images share one student pass; the teacher runs under no_grad on the weak
+views alone. The teacher is validated and saved: the paper found the EMA model the more
+accurate of the two. Task files (`classification/mean_teacher.py`,
+`segmentation/mean_teacher.py`) only choose the supervised loss and the default weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from semimed.ema import make_teacher, update_ema, warmup_decay
+from semimed.losses import sigmoid_rampup, softmax_mse
+from semimed.methods.base import Method
+
+
+class MeanTeacher(Method):
+    """Task-agnostic Mean Teacher; subclasses define `supervised_loss` and Params defaults."""
+
+    name = "mean_teacher"
+    uses_unlabeled = True
+
+    @dataclass(frozen=True)
+    class Params:
+        ema_decay: float = 0.99  # teacher EMA decay per step, [0, 1)
+        consistency: float = 1.0  # final weight of the softmax-MSE consistency term, >= 0
+        rampup: float = 0.4  # share of total_steps over which the weight ramps up, [0, 1]
+
+        def __post_init__(self) -> None:
+            if not 0.0 <= self.ema_decay < 1.0:
+                raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
+            if self.consistency < 0.0:
+                raise ValueError(f"consistency: must be >= 0, got {self.consistency}")
+            if not 0.0 <= self.rampup <= 1.0:
+                raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
+
+    def __init__(
+        self,
+        net_factory: Callable[[], nn.Module],
+        params: Any,
+        num_classes: int,
+        total_steps: int,
+    ) -> None:
+        super().__init__(net_factory, params, num_classes, total_steps)
+        self.teacher = make_teacher(self.net)
+
+    def supervised_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The task's loss on the labeled batch."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        x_lb, x_ulb_w, x_ulb_s = batch["x_lb"], batch["x_ulb_w"], batch["x_ulb_s"]
+        logits_lb, logits_s = self.net(torch.cat([x_lb, x_ulb_s])).split([len(x_lb), len(x_ulb_s)])
+        with torch.no_grad():
+            logits_teacher = self.teacher(x_ulb_w)
+
+        sup = self.supervised_loss(logits_lb, batch["y_lb"])
+        unsup = softmax_mse(logits_s, logits_teacher)
+        weight = self.params.consistency * sigmoid_rampup(
+            step, self.params.rampup * self.total_steps
+        )
+        return {
+            "loss": sup + weight * unsup,
+            "sup": sup,
+            "unsup": unsup,
+            "weight": sup.new_tensor(weight),
+        }
+
+    def on_step_end(self, step: int) -> None:
+        update_ema(self.teacher, self.net, warmup_decay(self.params.ema_decay, step))
+
+    def inference_model(self) -> nn.Module:
+        return self.teacher
