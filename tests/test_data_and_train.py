@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from semimed.config import ConfigError
-from semimed.data.loaders import load_task_data, train_batches
+from semimed.data.loaders import load_task_data, train_batches, unlabeled_pool
 from semimed.data.preprocess import preprocess
 from semimed.data.sources import ingest
 from semimed.data.splits import make_splits
@@ -83,6 +83,33 @@ def test_train_batches_shapes(prepared, task):
     # same seed and start step -> same batch (resume draws what a fresh run would)
     again = next(train_batches(data, cfg, ssl, seed=0, start_step=0, device="cpu"))
     assert torch.equal(batch["x_lb"], again["x_lb"])
+
+
+def test_views_and_pools_follow_the_method(prepared):
+    """Methods choose their unlabeled views and pool; i_ulb indexes the pool."""
+    cfg, processed, splits = prepared["classification"]
+    data = load_task_data(cfg, processed, splits)
+
+    class TwoWeak(get_method("classification", "fixmatch")):
+        views = ("w", "w2")
+
+    class AllImages(TwoWeak):
+        views = ("s", "s2")
+        unlabeled_pool = "all"
+
+    batch = next(train_batches(data, cfg, TwoWeak, 0, 0, "cpu"))
+    assert {"x_ulb_w", "x_ulb_w2", "i_ulb"} <= set(batch) and "x_ulb_s" not in batch
+    assert not torch.equal(batch["x_ulb_w"], batch["x_ulb_w2"])  # independent draws
+    n_ulb = len(data.split["train_unlabeled"])
+    assert batch["i_ulb"].dtype == torch.long and int(batch["i_ulb"].max()) < n_ulb
+    pool = unlabeled_pool(data, AllImages)
+    assert len(pool) == n_ulb + len(data.split["train_labeled"])
+    seen = set()
+    stream = train_batches(data, cfg, AllImages, 0, 0, "cpu")
+    for _ in range(3 * len(pool) // len(batch["i_ulb"]) + 1):
+        seen |= set(next(stream)["i_ulb"].tolist())
+    assert max(seen) >= n_ulb  # labeled images are drawn too, labels hidden
+    assert unlabeled_pool(data, get_method("classification", "supervised")) == []
 
 
 def test_empty_unlabeled_pool_is_a_clear_error(prepared):

@@ -39,7 +39,7 @@ from sklearn.metrics import balanced_accuracy_score
 from tqdm import tqdm
 
 from semimed.config import TaskConfig
-from semimed.data.loaders import TaskData, train_batches
+from semimed.data.loaders import TaskData, train_batches, unlabeled_pool
 from semimed.inference import predict_proba, predict_volume
 from semimed.io import write_bytes_atomic, write_json_atomic
 from semimed.methods import get_method
@@ -66,7 +66,9 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def make_method(cfg: TaskConfig, name: str, num_classes: int, in_channels: int = 1):
+def make_method(
+    cfg: TaskConfig, name: str, num_classes: int, in_channels: int = 1, num_unlabeled: int = 0
+):
     """Instantiate method `name` with its params and a factory for the task's network."""
     cls = get_method(cfg.task, name)
     net = cfg.network
@@ -81,7 +83,7 @@ def make_method(cfg: TaskConfig, name: str, num_classes: int, in_channels: int =
             dropout=net.dropout,
         )
 
-    return cls(net_factory, cfg.method_params(name), num_classes, cfg.train.steps)
+    return cls(net_factory, cfg.method_params(name), num_classes, cfg.train.steps, num_unlabeled)
 
 
 def build_optimizer(params, t) -> torch.optim.Optimizer:
@@ -193,7 +195,9 @@ def train_run(
 
     seed_everything(seed)
     device = select_device(t.device)
-    method = make_method(cfg, method_name, data.num_classes).to(device)
+    num_unlabeled = len(unlabeled_pool(data, get_method(cfg.task, method_name)))
+    method = make_method(cfg, method_name, data.num_classes, num_unlabeled=num_unlabeled)
+    method = method.to(device)
     trainable = [p for p in method.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, t)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t))

@@ -6,8 +6,11 @@ CT set ~30 MB), so items are gathered by index rather than through a DataLoader.
 
 * ``x_lb``  (B, 1, ...) labeled images, weakly augmented (echo) or cropped patches (CT)
 * ``y_lb``  (B,) class indices, or (B, 1, X, Y, Z) label patches
-* ``x_ulb_w`` / ``x_ulb_s`` (B*mu, 1, ...) weak and strong views of the same unlabeled
-  images -- only for methods with ``uses_unlabeled``.
+* ``x_ulb_<v>`` (B*mu, 1, ...) for each view ``v`` in the method's ``views`` (default "w",
+  "s"): independent weak ("w...") or strong ("s...") draws of the same unlabeled images, and
+  ``i_ulb`` (B*mu,) their positions in the unlabeled pool -- only for methods with
+  ``uses_unlabeled``. The pool is the unlabeled split, or every train image for methods with
+  ``unlabeled_pool = "all"`` (self-supervised pretraining).
 
 Sampling is driven by one `torch.Generator` and the augmentations' own RandomStates, all
 seeded from (seed, start step): a run resumed at step k draws what a fresh run would from k.
@@ -103,6 +106,15 @@ def _index_stream(n: int, size: int, gen: torch.Generator) -> Iterator[torch.Ten
         buf = buf[size:]
 
 
+def unlabeled_pool(data: TaskData, method_cls) -> list[str]:
+    """Ids of the unlabeled stream of `method_cls` (``i_ulb`` indexes this list)."""
+    if not method_cls.uses_unlabeled:
+        return []
+    if method_cls.unlabeled_pool == "all":
+        return data.split["train_labeled"] + data.split["train_unlabeled"]
+    return data.split["train_unlabeled"]
+
+
 def train_batches(
     data: TaskData, cfg: TaskConfig, method_cls, seed: int, start_step: int, device
 ) -> Iterator[dict[str, torch.Tensor]]:
@@ -111,7 +123,7 @@ def train_batches(
     lab_ids = split["train_labeled"]
     if method_cls.labeled_pool == "all":
         lab_ids = lab_ids + split["train_unlabeled"]
-    ulb_ids = split["train_unlabeled"] if method_cls.uses_unlabeled else []
+    ulb_ids = unlabeled_pool(data, method_cls)
     if method_cls.uses_unlabeled and not ulb_ids:
         raise ConfigError(
             f"{cfg.task}: method {method_cls.name!r} needs unlabeled data but the unlabeled "
@@ -123,7 +135,14 @@ def train_batches(
     lab_stream = _index_stream(len(lab_ids), b, gen)
     ulb_stream = _index_stream(len(ulb_ids), b * mu, gen) if ulb_ids else None
     weak = seed_transform(weak_augment(data.task), run_seed % 2**31)
-    strong = seed_transform(strong_augment(data.task), (run_seed + 1) % 2**31)
+    # One transform per view, each with its own random stream: "w" and "w2" are independent.
+    views = {
+        v: seed_transform(
+            weak_augment(data.task) if v.startswith("w") else strong_augment(data.task),
+            (run_seed + 1 + k) % 2**31,
+        )
+        for k, v in enumerate(method_cls.views if ulb_ids else ())
+    }
 
     if data.task == "classification":
         x_all, y_all = data.arrays(lab_ids)
@@ -135,9 +154,8 @@ def train_batches(
                 "y_lb": y_all[pos].to(device),
             }
             if u_all is not None:
-                u = u_all[next(ulb_stream)].to(device)
-                batch["x_ulb_w"] = weak({"image": u})["image"]
-                batch["x_ulb_s"] = strong({"image": u})["image"]
+                upos = next(ulb_stream)
+                batch.update(_views(views, u_all[upos].to(device), upos.to(device)))
             yield batch
 
     patch = tuple(cfg.train.patch_size)
@@ -152,10 +170,17 @@ def train_batches(
             "y_lb": _stack([c["label"] for c in crops], device).long(),
         }
         if ulb_items:
-            u = _stack([ulb_crop(ulb_items[k])["image"] for k in next(ulb_stream).tolist()], device)
-            batch["x_ulb_w"] = weak({"image": u})["image"]
-            batch["x_ulb_s"] = strong({"image": u})["image"]
+            upos = next(ulb_stream)
+            u = _stack([ulb_crop(ulb_items[k])["image"] for k in upos.tolist()], device)
+            batch.update(_views(views, u, upos.to(device)))
         yield batch
+
+
+def _views(views: dict, images: torch.Tensor, positions: torch.Tensor) -> dict:
+    """``x_ulb_<v>`` for every view transform, and ``i_ulb`` (pool positions)."""
+    out = {f"x_ulb_{v}": t({"image": images})["image"] for v, t in views.items()}
+    out["i_ulb"] = positions
+    return out
 
 
 def _stack(arrays, device) -> torch.Tensor:

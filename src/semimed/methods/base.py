@@ -19,8 +19,14 @@ class Method(nn.Module):
     """Base class: subclasses set ``name`` and ``Params`` and implement ``training_step``."""
 
     name: ClassVar[str]
-    # True -> the loop also draws unlabeled batches ("x_ulb_w", "x_ulb_s").
+    # True -> the loop also draws unlabeled batches, one key ``x_ulb_<v>`` per entry of
+    # ``views`` plus ``i_ulb`` (U,), each image's index in the unlabeled pool.
     uses_unlabeled: ClassVar[bool] = False
+    # Views of the same unlabeled images drawn each step: a name starting with "w" is an
+    # independent weak-augmentation draw, "s" an independent strong one (MixMatch: ("w", "w2")).
+    views: ClassVar[tuple[str, ...]] = ("w", "s")
+    # "unlabeled" -> the unlabeled split; "all" -> every train image, labels hidden (SimCLR).
+    unlabeled_pool: ClassVar[str] = "unlabeled"
     # "labeled" -> the labeled split only; "all" -> every train-split label (upper bound).
     labeled_pool: ClassVar[str] = "labeled"
     # Frozen dataclass of hyper-parameters; validated in its __post_init__.
@@ -32,6 +38,7 @@ class Method(nn.Module):
         params: Any,
         num_classes: int,
         total_steps: int,
+        num_unlabeled: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(params, self.Params):
@@ -40,11 +47,19 @@ class Method(nn.Module):
             )
         if num_classes < 2:
             raise ValueError(f"num_classes: must be >= 2, got {num_classes}")
+        bad = [v for v in self.views if not v.startswith(("w", "s"))]
+        if bad or self.unlabeled_pool not in ("unlabeled", "all"):
+            raise TypeError(
+                f"{self.name}: views must start with 'w' or 's' and unlabeled_pool be "
+                f"'unlabeled' or 'all'; got views={self.views}, pool={self.unlabeled_pool!r}"
+            )
         if total_steps < 1:
             raise ValueError(f"total_steps: must be >= 1, got {total_steps}")
         self.params = params
         self.num_classes = num_classes
         self.total_steps = total_steps
+        # Size of the unlabeled pool, for per-sample memories indexed by ``batch["i_ulb"]``.
+        self.num_unlabeled = num_unlabeled
         self.net = net_factory()
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:

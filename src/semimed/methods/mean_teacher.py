@@ -56,8 +56,9 @@ class MeanTeacher(Method):
         params: Any,
         num_classes: int,
         total_steps: int,
+        num_unlabeled: int = 0,
     ) -> None:
-        super().__init__(net_factory, params, num_classes, total_steps)
+        super().__init__(net_factory, params, num_classes, total_steps, num_unlabeled)
         self.teacher = make_teacher(self.net)
 
     def supervised_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
