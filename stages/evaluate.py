@@ -25,15 +25,23 @@ def run() -> None:
     model_dir = cli.run_dir("models", args.task, args.method, args.seed)
     plots = cli.run_dir("plots/eval", args.task, args.method, args.seed)
     device = select_device(cfg.train.device)
-    model = load_best(cfg, args.method, data.num_classes, model_dir, device)
+    model = load_best(cfg, args.method, data.num_classes, model_dir, device, data.task_sizes)
     test_ids = data.split["test"]
 
     if args.task == "classification":
-        x, y = data.arrays(test_ids)
-        probs = predict_proba(model, x, cfg.eval.batch_size, device)
-        metrics = classification_metrics(y.numpy(), probs, data.class_names)
-        records = confusion_records(y.numpy(), probs.argmax(1), data.class_names)
-        write_json_atomic(plots / "confusion.json", records)
+        x, y = data.arrays(test_ids, all_tasks=True)
+        probs = predict_proba(model, x, cfg.eval.batch_size, device, data.task_sizes)
+        per_task, start = {}, 0
+        for t, (target, names) in enumerate(zip(data.targets, data.task_classes, strict=True)):
+            p, start = probs[:, start : start + len(names)], start + len(names)
+            per_task[target] = classification_metrics(y[:, t].numpy(), p, names)
+            records = confusion_records(y[:, t].numpy(), p.argmax(1), names)
+            suffix = "" if t == 0 else f"_{target}"  # the primary task keeps the plain name
+            write_json_atomic(plots / f"confusion{suffix}.json", records)
+        # primary task's metrics at the top level; every further task under "tasks"
+        metrics = per_task.pop(data.targets[0])
+        if per_task:
+            metrics["tasks"] = per_task
     else:
         scorer = SegmentationScorer(data.class_names)
         for k, vid in enumerate(test_ids):

@@ -49,8 +49,10 @@ def run() -> None:
             for seed in cfg.seeds:
                 path = cli.run_dir("metrics", task, method, seed).with_suffix(".json")
                 flat = flat_metrics(json.loads(path.read_text()))
-                runs[task][method][seed] = {
-                    k: v for k, v in flat.items() if k in keep or k.startswith(per_class)
+                runs[task][method][seed] = {  # "severity/recall_mild" -> "recall_mild"
+                    k: v
+                    for k, v in flat.items()
+                    if k.split("/")[-1] in keep or k.split("/")[-1].startswith(per_class)
                 }
                 live = cli.run_dir("plots/train", task, method, seed)
                 curves[f"{method} s{seed}"] = _val_curve(live, VAL_METRIC[task])

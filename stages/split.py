@@ -12,7 +12,7 @@ def run() -> None:
     args = cli.parser(__doc__).parse_args()
     cfg = load_task(args.task, args.params)
     manifest = json.loads((cli.data_dir(args.task, "processed") / "manifest.json").read_text())
-    target = getattr(cfg.data, "target", None)
+    target = cfg.data.target if args.task == "classification" else None
     split = make_splits(manifest, cfg.split, target)
     write_json_atomic(cli.data_dir(args.task, "splits.json"), split)
     print(f"split {args.task}: {split['counts']}")

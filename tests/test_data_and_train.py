@@ -160,6 +160,32 @@ def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys):
     assert "unreadable" in out and "resuming" not in out
 
 
+def test_multitask_run_scores_every_task(prepared, tmp_path):
+    """targets [view, severity]: one network, two heads; each task gets its metrics."""
+    import dataclasses
+
+    from semimed.evaluate import classification_metrics, flat_metrics
+    from semimed.inference import predict_proba
+
+    cfg, processed, splits = prepared["classification"]
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, targets=("view", "severity")))
+    data = load_task_data(cfg, processed, splits)
+    assert data.task_sizes == (4, 3) and data.all_labels.shape[1] == 2
+    batch = next(train_batches(data, cfg, get_method("classification", "supervised"), 0, 0, "cpu"))
+    assert batch["y_lb"].shape == (cfg.train.batch_size, 2)
+    files = [processed / "manifest.json", splits]
+    train_run(cfg, data, "supervised", 0, tmp_path / "m", tmp_path / "l", files)
+    model = load_best(cfg, "supervised", data.num_classes, tmp_path / "m", "cpu", data.task_sizes)
+    x, y = data.arrays(data.split["test"], all_tasks=True)
+    probs = predict_proba(model, x, 64, "cpu", data.task_sizes)
+    assert probs.shape == (len(x), 7)
+    np.testing.assert_allclose(probs[:, 4:].sum(1), 1.0, rtol=1e-5)
+    severity = classification_metrics(y[:, 1].numpy(), probs[:, 4:], data.task_classes[1])
+    flat = flat_metrics({"balanced_accuracy": 0.5, "tasks": {"severity": severity}})
+    assert "severity/balanced_accuracy" in flat
+    assert any(k.startswith("severity/recall_") for k in flat)
+
+
 def test_fingerprint_tracks_params_and_data(tiny, tmp_path):
     import dataclasses
 

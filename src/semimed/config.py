@@ -59,8 +59,19 @@ class SyntheticCT:
 class ClsData:
     source: Literal["synthetic"]
     root: str
-    target: Literal["view", "severity"]
+    # Labels learned, one head each on a shared backbone; the first is the primary task
+    # (stratifies the splits, selects checkpoints, headline metric).
+    targets: tuple[Literal["view", "severity"], ...]
     synthetic: SyntheticEcho
+
+    def __post_init__(self):
+        _check(len(self.targets) >= 1, "targets: must list at least one label, e.g. [view]")
+        _check(len(set(self.targets)) == len(self.targets), "targets: lists a label twice")
+
+    @property
+    def target(self) -> str:
+        """The primary task's label."""
+        return self.targets[0]
 
 
 @dataclass(frozen=True)
@@ -301,6 +312,14 @@ def parse_task(task: str, section: dict) -> TaskConfig:
                 f"{task}.methods_params.{name}: unknown method; choose from {', '.join(known)}"
             )
         cfg.method_params(name)
+    if task == "classification" and len(cfg.data.targets) > 1:
+        single = [m for m in cfg.methods if not known[m].multitask]
+        if single:
+            capable = ", ".join(n for n, c in known.items() if c.multitask)
+            raise ConfigError(
+                f"{task}.data.targets: {list(cfg.data.targets)} needs multi-task methods, but "
+                f"{', '.join(single)} learn one target; multi-task methods: {capable}"
+            )
     if task == "segmentation" and cfg.train.patch_size is None:
         raise ConfigError("segmentation.train.patch_size: missing key")
     return cfg

@@ -314,12 +314,18 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     """Flatten a metrics dict into ``{name: float}`` for summaries across seeds.
 
     Top-level numbers keep their key; ``per_class`` entries become ``"<metric>_<class>"``
-    (e.g. ``"dice_liver"``, ``"recall_PLAX"``; whitespace in class names becomes ``_``).
-    Lists (``confusion_matrix``) and None values (not computable) are left out.
+    (e.g. ``"dice_liver"``, ``"recall_PLAX"``; whitespace in class names becomes ``_``);
+    further tasks of a multi-task model (``tasks: {name: metrics}``) get a ``"<name>/"``
+    prefix (``"severity/balanced_accuracy"``). Lists (``confusion_matrix``) and None values
+    (not computable) are left out.
     """
     flat: dict[str, float] = {}
     for key, value in metrics.items():
-        if key == "per_class" and isinstance(value, dict):
+        if key == "tasks" and isinstance(value, dict):
+            for task, task_metrics in value.items():
+                for name, v in flat_metrics(task_metrics).items():
+                    flat[f"{task}/{name}"] = v
+        elif key == "per_class" and isinstance(value, dict):
             for cls, scores in value.items():
                 cls_key = "_".join(str(cls).split())
                 for metric, v in scores.items():

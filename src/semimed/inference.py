@@ -12,15 +12,26 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from semimed.multitask import blockwise_softmax
+
 
 @torch.inference_mode()
-def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int, device) -> np.ndarray:
-    """Class probabilities (N, C) for images (N, 1, H, W)."""
+def predict_proba(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    device,
+    task_sizes: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Class probabilities (N, C) for images (N, 1, H, W); a multi-task model's columns are
+    its tasks' blocks (``task_sizes``), each a softmax of its own."""
     model.eval()
-    out = [
-        torch.softmax(model(images[i : i + batch_size].to(device)).float(), dim=1).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
+    sizes = tuple(task_sizes) if task_sizes else None
+    out = []
+    for i in range(0, len(images), batch_size):
+        logits = model(images[i : i + batch_size].to(device)).float()
+        sizes = sizes or (logits.shape[1],)
+        out.append(blockwise_softmax(logits, sizes).cpu())
     return torch.cat(out).numpy()
 
 

@@ -67,9 +67,18 @@ def seed_everything(seed: int) -> None:
 
 
 def make_method(
-    cfg: TaskConfig, name: str, num_classes: int, in_channels: int = 1, num_unlabeled: int = 0
+    cfg: TaskConfig,
+    name: str,
+    num_classes: int,
+    in_channels: int = 1,
+    num_unlabeled: int = 0,
+    task_sizes: tuple[int, ...] | None = None,
 ):
-    """Instantiate method `name` with its params and a factory for the task's network."""
+    """Instantiate method `name` with its params and a factory for the task's network.
+
+    `task_sizes` (classes per target, multi-task) overrides `num_classes` with their sum."""
+    if task_sizes:
+        num_classes = sum(task_sizes)
     cls = get_method(cfg.task, name)
     net = cfg.network
 
@@ -83,7 +92,14 @@ def make_method(
             dropout=net.dropout,
         )
 
-    return cls(net_factory, cfg.method_params(name), num_classes, cfg.train.steps, num_unlabeled)
+    return cls(
+        net_factory,
+        cfg.method_params(name),
+        num_classes,
+        cfg.train.steps,
+        num_unlabeled=num_unlabeled,
+        task_sizes=task_sizes,
+    )
 
 
 def build_optimizer(params, t) -> torch.optim.Optimizer:
@@ -114,9 +130,9 @@ def lr_factor(step: int, t) -> float:
 def validate(model: torch.nn.Module, data: TaskData, cfg: TaskConfig, device) -> float:
     """The model-selection score on the validation split only (never the test split)."""
     if data.task == "classification":
-        x, y = data.arrays(data.split["val"])
-        probs = predict_proba(model, x, cfg.eval.batch_size, device)
-        return float(balanced_accuracy_score(y.numpy(), probs.argmax(1)))
+        x, y = data.arrays(data.split["val"])  # the primary task selects checkpoints
+        probs = predict_proba(model, x, cfg.eval.batch_size, device, data.task_sizes)
+        return float(balanced_accuracy_score(y.numpy(), probs[:, : data.num_classes].argmax(1)))
     dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=True)
     for vid in data.split["val"]:
         image, label = data.volumes[vid]
@@ -141,7 +157,7 @@ def fingerprint(cfg: TaskConfig, method: str, seed: int, data_files: list[Path])
         "train": asdict(cfg.train),
         "network": asdict(cfg.network),
         "params": asdict(cfg.method_params(method)),
-        "target": getattr(cfg.data, "target", None),
+        "targets": getattr(cfg.data, "targets", None),
     }
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
     for path in data_files:
@@ -196,7 +212,13 @@ def train_run(
     seed_everything(seed)
     device = select_device(t.device)
     num_unlabeled = len(unlabeled_pool(data, get_method(cfg.task, method_name)))
-    method = make_method(cfg, method_name, data.num_classes, num_unlabeled=num_unlabeled)
+    method = make_method(
+        cfg,
+        method_name,
+        data.num_classes,
+        num_unlabeled=num_unlabeled,
+        task_sizes=data.task_sizes,
+    )
     method = method.to(device)
     trainable = [p for p in method.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, t)
@@ -289,11 +311,19 @@ def train_run(
     return summary
 
 
-def load_best(cfg: TaskConfig, method_name: str, num_classes: int, model_dir: Path, device):
-    """The method's inference model with the weights `train_run` saved as `best.pt`."""
+def load_best(
+    cfg: TaskConfig,
+    method_name: str,
+    num_classes: int,
+    model_dir: Path,
+    device,
+    task_sizes: tuple[int, ...] | None = None,
+):
+    """The method's inference model with the weights `train_run` saved as `best.pt`
+    (`task_sizes`: classes per target of a multi-task model)."""
     path = Path(model_dir) / "best.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained model; run the train stage first")
-    model = make_method(cfg, method_name, num_classes).inference_model()
+    model = make_method(cfg, method_name, num_classes, task_sizes=task_sizes).inference_model()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()

@@ -53,15 +53,26 @@ class TaskData:
     labels: torch.Tensor | None = None
     volumes: dict | None = None
     spacing: tuple[float, float, float] | None = None
+    # Multi-task classification: every target's name, class names and labels (N, T);
+    # `class_names` / `labels` are the primary (first) target's.
+    targets: tuple[str, ...] = ()
+    task_classes: tuple[list[str], ...] = ()
+    all_labels: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
+        """Classes of the primary target (segmentation: labels incl. background)."""
         return len(self.class_names)
 
-    def arrays(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Classification images (N, 1, H, W) and labels (N,) for `ids`."""
+    @property
+    def task_sizes(self) -> tuple[int, ...]:
+        """Classes per target: the network's logits are their concatenation."""
+        return tuple(len(c) for c in self.task_classes) or (self.num_classes,)
+
+    def arrays(self, ids: list[str], all_tasks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classification images (N, 1, H, W) and labels (N,), or (N, T) with `all_tasks`."""
         rows = torch.as_tensor([self.index[i] for i in ids], dtype=torch.long)
-        return self.images[rows], self.labels[rows]
+        return self.images[rows], (self.all_labels if all_tasks else self.labels)[rows]
 
 
 def load_task_data(cfg: TaskConfig, processed: Path, splits_path: Path) -> TaskData:
@@ -75,11 +86,22 @@ def load_task_data(cfg: TaskConfig, processed: Path, splits_path: Path) -> TaskD
         if missing:
             raise ConfigError(f"{splits_path}: {name} lists unknown id {missing[0]!r}")
     if cfg.task == "classification":
-        target = cfg.data.target
+        targets = cfg.data.targets
         images = torch.from_numpy(np.load(processed / "images.npy"))
-        labels = torch.tensor([r["labels"][target] for r in manifest["records"]])
+        labels = torch.tensor([[r["labels"][t] for t in targets] for r in manifest["records"]])
         index = {r["id"]: k for k, r in enumerate(manifest["records"])}
-        return TaskData("classification", manifest["classes"][target], split, index, images, labels)
+        classes = tuple(manifest["classes"][t] for t in targets)
+        return TaskData(
+            "classification",
+            classes[0],
+            split,
+            index,
+            images,
+            labels[:, 0].contiguous(),
+            targets=tuple(targets),
+            task_classes=classes,
+            all_labels=labels,
+        )
     volumes = {}
     for rec in manifest["records"]:
         image = np.load(processed / f"{rec['id']}_image.npy")
@@ -145,7 +167,7 @@ def train_batches(
     }
 
     if data.task == "classification":
-        x_all, y_all = data.arrays(lab_ids)
+        x_all, y_all = data.arrays(lab_ids, all_tasks=len(data.task_sizes) > 1)
         u_all = data.arrays(ulb_ids)[0] if ulb_ids else None
         while True:
             pos = next(lab_stream)

@@ -29,6 +29,9 @@ class Method(nn.Module):
     unlabeled_pool: ClassVar[str] = "unlabeled"
     # "labeled" -> the labeled split only; "all" -> every train-split label (upper bound).
     labeled_pool: ClassVar[str] = "labeled"
+    # True -> trains one head per task when params list several targets (``y_lb`` (B, T));
+    # the other methods learn the primary target only and the config refuses several.
+    multitask: ClassVar[bool] = False
     # Frozen dataclass of hyper-parameters; validated in its __post_init__.
     Params: ClassVar[type]
 
@@ -39,6 +42,7 @@ class Method(nn.Module):
         num_classes: int,
         total_steps: int,
         num_unlabeled: int = 0,
+        task_sizes: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(params, self.Params):
@@ -52,6 +56,13 @@ class Method(nn.Module):
             raise TypeError(
                 f"{self.name}: views must start with 'w' or 's' and unlabeled_pool be "
                 f"'unlabeled' or 'all'; got views={self.views}, pool={self.unlabeled_pool!r}"
+            )
+        # Classes per task; the network outputs their concatenated logits (num_classes columns).
+        self.task_sizes = tuple(task_sizes or (num_classes,))
+        if sum(self.task_sizes) != num_classes or (len(self.task_sizes) > 1 and not self.multitask):
+            raise ValueError(
+                f"{self.name}: task_sizes {self.task_sizes} must sum to num_classes "
+                f"{num_classes}, and several tasks need a multi-task method"
             )
         if total_steps < 1:
             raise ValueError(f"total_steps: must be >= 1, got {total_steps}")

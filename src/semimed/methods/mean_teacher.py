@@ -56,9 +56,9 @@ class MeanTeacher(Method):
         params: Any,
         num_classes: int,
         total_steps: int,
-        num_unlabeled: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net_factory, params, num_classes, total_steps, num_unlabeled)
+        super().__init__(net_factory, params, num_classes, total_steps, **kwargs)
         self.teacher = make_teacher(self.net)
 
     def supervised_loss(self, logits: Tensor, targets: Tensor) -> Tensor:

@@ -57,9 +57,9 @@ class FixMatch(Method):
         params: Any,
         num_classes: int,
         total_steps: int,
-        num_unlabeled: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net_factory, params, num_classes, total_steps, num_unlabeled)
+        super().__init__(net_factory, params, num_classes, total_steps, **kwargs)
         self.ema = make_teacher(self.net) if params.ema_decay > 0 else None
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:

@@ -5,22 +5,25 @@
 "Realistic Evaluation of Deep Semi-Supervised Learning Algorithms" (NeurIPS 2018), ask for both
 with the same network and training budget as the SSL methods; that is what these give.
 Optional label smoothing: Szegedy et al., "Rethinking the Inception Architecture" (CVPR 2016).
+Both are multi-task: with several targets, one head per task and the sum of their losses
+(``semimed.multitask``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from semimed.methods.base import Method
+from semimed.multitask import multitask_cross_entropy
 
 
 class Supervised(Method):
-    """Cross-entropy on ``x_lb`` (B, 1, H, W) against ``y_lb`` (B,); ignores unlabeled data."""
+    """Cross-entropy on ``x_lb`` (B, 1, H, W) against ``y_lb`` (B,) or (B, T); no unlabeled data."""
 
     name = "supervised"
+    multitask = True
 
     @dataclass(frozen=True)
     class Params:
@@ -32,7 +35,9 @@ class Supervised(Method):
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         logits = self.net(batch["x_lb"])
-        sup = F.cross_entropy(logits, batch["y_lb"], label_smoothing=self.params.label_smoothing)
+        sup = multitask_cross_entropy(
+            logits, batch["y_lb"], self.task_sizes, self.params.label_smoothing
+        )
         return {"loss": sup, "sup": sup}
 
 
