@@ -43,7 +43,7 @@ from semimed.data.loaders import TaskData, train_batches, unlabeled_pool
 from semimed.inference import predict_proba, predict_volume
 from semimed.io import write_bytes_atomic, write_json_atomic
 from semimed.methods import get_method
-from semimed.networks import build_network
+from semimed.networks import build_network, reparameterize
 
 VAL_METRIC = {"classification": "balanced_accuracy", "segmentation": "dice"}
 
@@ -326,4 +326,5 @@ def load_best(
         raise FileNotFoundError(f"{path}: no trained model; run the train stage first")
     model = make_method(cfg, method_name, num_classes, task_sizes=task_sizes).inference_model()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.to(device).eval()
+    # eval mode; folds lwn's parallel branches into single convs (a no-op for other networks)
+    return reparameterize(model).to(device)
