@@ -176,6 +176,31 @@ class SegEval:
 
 
 @dataclass(frozen=True)
+class ClsAnalysis:
+    """``classification.analysis``: the analyze stage (comments and units in params.yaml)."""
+
+    gradcam_images: int  # test images in the Grad-CAM grid, [1, 16]
+    kinds: tuple[Literal["noise", "blur", "contrast", "dropout"], ...]  # perturbations swept
+    strengths: tuple[float, ...]  # perturbation strengths, each in [0, 1], increasing
+    perturb_seed: int  # seed of the random perturbations (the same for every model)
+    projection_seed: int  # random_state of t-SNE and UMAP
+    umap_neighbors: int  # UMAP n_neighbors, >= 2
+
+    def __post_init__(self):
+        _check(1 <= self.gradcam_images <= 16, "gradcam_images: must be in [1, 16]")
+        _check(
+            bool(self.kinds) and len(set(self.kinds)) == len(self.kinds),
+            f"kinds: must list distinct perturbations; got {list(self.kinds)}",
+        )
+        s = self.strengths
+        _check(
+            bool(s) and all(0 <= v <= 1 for v in s) and list(s) == sorted(set(s)),
+            f"strengths: must be increasing values in [0, 1]; got {list(s)}",
+        )
+        _check(self.umap_neighbors >= 2, "umap_neighbors: must be >= 2")
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     """One task's section; `methods_params` stays raw until `method_params()` parses it."""
 
@@ -189,6 +214,7 @@ class TaskConfig:
     train: Train
     methods_params: dict = field(default_factory=dict)
     eval: Any = None
+    analysis: Any = None  # classification only: ClsAnalysis
 
     def method_params(self, name: str):
         """The parsed `Params` dataclass of method `name` (defaults where params.yaml is silent)."""
@@ -200,7 +226,9 @@ class TaskConfig:
 
 
 _SECTIONS = {
-    "classification": dict(data=ClsData, preprocess=ClsPreprocess, eval=ClsEval),
+    "classification": dict(
+        data=ClsData, preprocess=ClsPreprocess, eval=ClsEval, analysis=ClsAnalysis
+    ),
     "segmentation": dict(data=SegData, preprocess=SegPreprocess, eval=SegEval),
 }
 
@@ -282,13 +310,20 @@ def _parse(cls, data, key: str, overrides: dict | None = None):
                 continue
             raise ConfigError(f"{key}.{name}: missing key")
         tp = hints[name]
-        if name in ("data", "preprocess", "eval") and cls is TaskConfig:
-            tp = _SECTIONS[overrides["task"]][name]
+        if cls is TaskConfig and name in ("data", "preprocess", "eval", "analysis"):
+            tp = _SECTIONS[overrides["task"]].get(name)
+            if tp is None:
+                raise ConfigError(f"{key}.{name}: unknown key for task {overrides['task']}")
         kwargs[name] = _convert(tp, data[name], f"{key}.{name}")
     try:
         return cls(**kwargs)
     except ValueError as err:  # __post_init__ checks: "<field>: must be ..."
         raise ConfigError(f"{key}.{err}") from None
+
+
+def parse_section(cls, data, key: str):
+    """Strictly build dataclass `cls` from the mapping `data` found at `key` of params.yaml."""
+    return _parse(cls, data, key)
 
 
 def parse_task(task: str, section: dict) -> TaskConfig:

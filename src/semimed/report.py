@@ -38,7 +38,7 @@ def write_json(obj: object, path: Path) -> None:
     write_json_atomic(path, obj)
 
 
-def _save_figure(fig: Figure, out_png: Path) -> None:
+def save_figure(fig: Figure, out_png: Path) -> None:
     FigureCanvasAgg(fig)  # attach the Agg renderer explicitly
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI)
@@ -48,7 +48,7 @@ def _save_figure(fig: Figure, out_png: Path) -> None:
 # ---------------------------------------------------------------------------------- summary
 
 
-def _mean_std(values: list[float]) -> dict[str, float | int]:
+def mean_std(values: list[float]) -> dict[str, float | int]:
     arr = np.asarray(values, dtype=np.float64)
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
     return {"mean": float(arr.mean()), "std": std, "n": int(arr.size)}
@@ -74,7 +74,7 @@ def summarize(runs: Mapping[str, Mapping[str, Mapping[int, Mapping[str, float]]]
                 for name, value in metrics.items():
                     if value is not None and math.isfinite(float(value)):
                         values.setdefault(name, []).append(float(value))
-            summary[task][method] = {name: _mean_std(v) for name, v in values.items()}
+            summary[task][method] = {name: mean_std(v) for name, v in values.items()}
     return summary
 
 
@@ -148,7 +148,7 @@ def plot_comparison(summary: Summary, task: str, metric: str, out_png: Path) -> 
     ax.set_ylabel(metric)
     ax.set_title(f"{task}: {metric} (mean ± std over seeds)", fontsize=9)
     ax.margins(y=0.2)  # head-room so the value labels stay inside the axes
-    _save_figure(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def _class_colours(n_classes: int) -> list[tuple[float, float, float]]:
@@ -221,7 +221,7 @@ def plot_overlay(
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7))
     fig.suptitle(f"{title} (axial slice z={z})", fontsize=10)
-    _save_figure(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def plot_training_curves(
@@ -239,4 +239,4 @@ def plot_training_curves(
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=7)
-    _save_figure(fig, out_png)
+    save_figure(fig, out_png)
