@@ -10,9 +10,13 @@ from torch import nn
 from semimed.losses import masked_cross_entropy, softmax_mse
 from semimed.methods import METHODS, get_method
 from semimed.methods.classification import (
+    TEAR,
     FixMatch,
+    FreeMatch,
     MeanTeacher,
+    MixMatch,
     PseudoLabel,
+    SimCLR,
     Supervised,
     SupervisedFull,
 )
@@ -117,23 +121,28 @@ def test_registry_names_and_flags():
         "fixmatch": FixMatch,
         "mean_teacher": MeanTeacher,
         "pseudo_label": PseudoLabel,
+        "mixmatch": MixMatch,
+        "freematch": FreeMatch,
+        "tear": TEAR,
+        "simclr": SimCLR,
     }
     for name, cls in METHODS["classification"].items():
         assert cls.name == name
         assert get_method("classification", name) is cls
     assert not Supervised.uses_unlabeled and Supervised.labeled_pool == "labeled"
     assert not SupervisedFull.uses_unlabeled and SupervisedFull.labeled_pool == "all"
-    for cls in (FixMatch, MeanTeacher, PseudoLabel):
+    for cls in (FixMatch, MeanTeacher, PseudoLabel, MixMatch, FreeMatch, TEAR, SimCLR):
         assert cls.uses_unlabeled and cls.labeled_pool == "labeled"
+    assert SimCLR.unlabeled_pool == "all" and MixMatch.views == ("w", "w2")
 
 
 def test_registry_errors_list_choices():
     with pytest.raises(
         ValueError,
-        match="unknown classification method 'mixmatch'; choose one of: "
-        "supervised, supervised_full, fixmatch, mean_teacher, pseudo_label",
+        match="unknown classification method 'remixmatch'; choose one of: "
+        "supervised, supervised_full, fixmatch, mean_teacher, pseudo_label, mixmatch, ",
     ):
-        get_method("classification", "mixmatch")
+        get_method("classification", "remixmatch")
     with pytest.raises(ValueError, match="unknown task 'detection'.*classification, segmentation"):
         get_method("detection", "fixmatch")
 

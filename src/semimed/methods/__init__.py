@@ -16,6 +16,10 @@ METHODS: dict[str, dict[str, type[Method]]] = {
         "fixmatch": classification.FixMatch,
         "mean_teacher": classification.MeanTeacher,
         "pseudo_label": classification.PseudoLabel,
+        "mixmatch": classification.MixMatch,
+        "freematch": classification.FreeMatch,
+        "tear": classification.TEAR,
+        "simclr": classification.SimCLR,
     },
     "segmentation": {
         "supervised": segmentation.Supervised,

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from semimed.ema import make_teacher, update_ema, warmup_decay
+
 
 class Method(nn.Module):
     """Base class: subclasses set ``name`` and ``Params`` and implement ``training_step``."""
@@ -87,3 +89,19 @@ class Method(nn.Module):
     def inference_model(self) -> nn.Module:
         """The network validation and evaluation use; the student by default."""
         return self.net
+
+
+class EvaluatesEMA(Method):
+    """A method whose validated and saved model is an EMA of the student (FixMatch, Sohn et al.
+    2020; USB evaluates this way): ``Params.ema_decay`` in [0, 1), 0 = the student itself."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ema = make_teacher(self.net) if self.params.ema_decay > 0 else None
+
+    def on_step_end(self, step: int) -> None:
+        if self.ema is not None:
+            update_ema(self.ema, self.net, warmup_decay(self.params.ema_decay, step))
+
+    def inference_model(self) -> nn.Module:
+        return self.net if self.ema is None else self.ema

@@ -15,20 +15,17 @@ which samples pass the threshold (labels are hard); T = 1 is the paper. An EMA o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from semimed.ema import make_teacher, update_ema, warmup_decay
 from semimed.losses import confident_pseudo_label_loss
-from semimed.methods.base import Method
+from semimed.methods.base import EvaluatesEMA
 
 
-class FixMatch(Method):
+class FixMatch(EvaluatesEMA):
     """Batch: ``x_lb`` (B, 1, H, W), ``y_lb`` (B,), ``x_ulb_w`` and ``x_ulb_s`` (U, 1, H, W)."""
 
     name = "fixmatch"
@@ -51,17 +48,6 @@ class FixMatch(Method):
             if not 0.0 <= self.ema_decay < 1.0:
                 raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
 
-    def __init__(
-        self,
-        net_factory: Callable[[], nn.Module],
-        params: Any,
-        num_classes: int,
-        total_steps: int,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(net_factory, params, num_classes, total_steps, **kwargs)
-        self.ema = make_teacher(self.net) if params.ema_decay > 0 else None
-
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x_lb, x_ulb_w, x_ulb_s = batch["x_lb"], batch["x_ulb_w"], batch["x_ulb_s"]
         logits = self.net(torch.cat([x_lb, x_ulb_w, x_ulb_s]))
@@ -79,10 +65,3 @@ class FixMatch(Method):
             "unsup": unsup,
             "mask_ratio": mask.float().mean(),
         }
-
-    def on_step_end(self, step: int) -> None:
-        if self.ema is not None:
-            update_ema(self.ema, self.net, warmup_decay(self.params.ema_decay, step))
-
-    def inference_model(self) -> nn.Module:
-        return self.net if self.ema is None else self.ema

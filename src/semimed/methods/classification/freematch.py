@@ -1,0 +1,161 @@
+"""FreeMatch: FixMatch with self-adaptive per-class thresholds and a fairness term.
+
+Wang et al., "FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning" (ICLR 2023),
+eqs. 4-9. With q = softmax(f(x_ulb_w)) (U, C) (no gradient), Q = softmax(f(x_ulb_s)) and m the
+EMA momentum, every step first updates (tau_0 = 1/C, p_0 = h_0 = 1/C per class):
+
+    tau_t  = m * tau_{t-1} + (1 - m) * mean_u max_c q_uc            global threshold
+    p_t    = m * p_{t-1}   + (1 - m) * mean_u q_u                   (C,) class probabilities
+    h_t    = m * h_{t-1}   + (1 - m) * Hist(argmax q_u) / U         (C,) predicted-class histogram
+    tau_t(c) = tau_t * p_t(c) / max_c' p_t(c')                      per-class threshold
+
+and then, with mask_u = [max_c q_uc >= tau_t(argmax q_u)] and hard labels argmax q_u,
+
+    unsup = mean_u[ mask_u * CE(f(x_ulb_s)_u, argmax q_u) ]
+    fair  = -H(a, b) = sum_c a_c log b_c,   a = SumNorm(p_t / h_t),   b = SumNorm(pbar / hbar)
+    loss  = CE(f(x_lb), y_lb) + lambda_u * unsup + lambda_f * fair
+
+where pbar (C,) is the mean of Q over masked samples, hbar (C,) the histogram of argmax Q over
+them, SumNorm(v) = v / sum(v) and H the cross-entropy. Classes no masked sample predicts (hbar =
+0) are left out of b and of the sum: their ratio is undefined (the paper is silent; USB sets it
+to 0 and adds a constant without gradient); likewise a_c = 0 where h_t(c) = 0 (only possible
+with m = 0). No masked sample: fair = 0.
+
+Choices here: the thresholds start at 1/C as in the paper (USB starts tau at 1); the update uses
+the current batch before masking it (paper, Alg. 1); tau, p_t and h_t are registered buffers, so
+``state_dict`` checkpoints resume exactly. Labeled, weak and strong images share ONE forward pass
+(as ``fixmatch.py``); an EMA of the student is evaluated.
+
+Fix-A-Step gate (Huang et al., "Fix-A-Step: Semi-supervised Learning from Uncurated Unlabeled
+Data", AISTATS 2023), used with FreeMatch by the TMED-2 lightweight-network study: with
+``gate``, g_sup and g_unsup (gradients of ``sup`` and ``lambda_u * unsup + lambda_f * fair``
+w.r.t. the trainable weights) are computed with ``torch.autograd.grad``; if <g_sup, g_unsup> < 0
+the returned ``loss`` is ``sup`` alone (``gate_open`` 0). Extra cost per step: two backward passes
+on top of the loop's own (about 1 forward + 3 backward instead of 1 + 1, ~2.3x the compute),
+memory for two gradient copies, and one host-device sync to read the sign.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from semimed.losses import masked_cross_entropy
+from semimed.methods.base import EvaluatesEMA
+
+
+def self_adaptive_mask(probs: Tensor, tau: Tensor, p_model: Tensor) -> tuple[Tensor, Tensor]:
+    """Mask (U,) bool and hard labels (U,) of probs (U, C): keep max p >= tau * p_model / max."""
+    confidence, labels = probs.max(dim=1)
+    return confidence >= (tau * p_model / p_model.max())[labels], labels
+
+
+def fairness_loss(logits_s: Tensor, mask: Tensor, p_model: Tensor, label_hist: Tensor) -> Tensor:
+    """``sum_c a_c log b_c`` of the module docstring; logits_s (U, C), mask (U,), EMAs (C,)."""
+    probs_s = logits_s.float().softmax(dim=1)
+    keep = mask.to(probs_s.dtype)[:, None]
+    hist = (F.one_hot(probs_s.argmax(dim=1), probs_s.shape[1]) * keep).sum(dim=0)
+    present = hist > 0
+    # Sums, not means, over masked samples: the constant factors cancel in SumNorm.
+    ratio = torch.where(present, (probs_s * keep).sum(dim=0) / hist.clamp_min(1), 0.0)
+    log_b = (ratio / ratio.sum().clamp_min(1e-12)).clamp_min(1e-12).log()
+    a = torch.where(label_hist > 0, p_model / label_hist.clamp_min(1e-12), 0.0)
+    return (a / a.sum() * torch.where(present, log_b, 0.0)).sum()
+
+
+def gradient_inner_product(loss_a: Tensor, loss_b: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """<d loss_a / d params, d loss_b / d params>, a float32 scalar; graphs kept, .grad untouched."""
+    grads_a = torch.autograd.grad(loss_a, params, retain_graph=True, allow_unused=True)
+    grads_b = torch.autograd.grad(loss_b, params, retain_graph=True, allow_unused=True)
+    inner = loss_a.new_zeros((), dtype=torch.float32)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        if ga is not None and gb is not None:
+            inner = inner + (ga.float() * gb.float()).sum()
+    return inner
+
+
+class FreeMatch(EvaluatesEMA):
+    """Batch: ``x_lb`` (B, 1, H, W), ``y_lb`` (B,), ``x_ulb_w`` and ``x_ulb_s`` (U, 1, H, W)."""
+
+    name = "freematch"
+    uses_unlabeled = True
+
+    @dataclass(frozen=True)
+    class Params:
+        momentum: float = 0.999  # EMA momentum m of tau, p_t and h_t, [0, 1)
+        lambda_u: float = 1.0  # weight w_u of the masked pseudo-label CE, >= 0
+        lambda_f: float = 0.01  # weight w_f of the self-adaptive fairness term, >= 0
+        gate: bool = False  # Fix-A-Step: drop the unlabeled terms when gradients conflict
+        ema_decay: float = 0.999  # decay of the evaluated EMA model, [0, 1); 0 = no EMA
+
+        def __post_init__(self) -> None:
+            if not 0.0 <= self.momentum < 1.0:
+                raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+            if self.lambda_u < 0.0:
+                raise ValueError(f"lambda_u: must be >= 0, got {self.lambda_u}")
+            if self.lambda_f < 0.0:
+                raise ValueError(f"lambda_f: must be >= 0, got {self.lambda_f}")
+            if not isinstance(self.gate, bool):
+                raise ValueError(f"gate: must be true or false, got {self.gate!r}")
+            if not 0.0 <= self.ema_decay < 1.0:
+                raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
+
+    def __init__(
+        self,
+        net_factory: Callable[[], nn.Module],
+        params: Any,
+        num_classes: int,
+        total_steps: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(net_factory, params, num_classes, total_steps, **kwargs)
+        uniform = torch.full((num_classes,), 1.0 / num_classes)
+        self.register_buffer("tau", torch.tensor(1.0 / num_classes))  # () global threshold
+        self.register_buffer("p_model", uniform.clone())  # (C,) EMA of mean weak probabilities
+        self.register_buffer("label_hist", uniform.clone())  # (C,) EMA of weak argmax histogram
+
+    def class_thresholds(self) -> Tensor:
+        """Per-class thresholds (C,): ``tau * p_model / max(p_model)``."""
+        return self.tau * self.p_model / self.p_model.max()
+
+    @torch.no_grad()
+    def update_thresholds(self, probs: Tensor) -> None:
+        """EMA updates of tau, p_model and label_hist from weak-view probabilities (U, C)."""
+        m = self.params.momentum
+        hist = F.one_hot(probs.argmax(dim=1), self.num_classes).to(probs.dtype).mean(dim=0)
+        self.tau.lerp_(probs.max(dim=1).values.mean(), 1.0 - m)
+        self.p_model.lerp_(probs.mean(dim=0), 1.0 - m)
+        self.label_hist.lerp_(hist, 1.0 - m)
+
+    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        x_lb, x_ulb_w, x_ulb_s = batch["x_lb"], batch["x_ulb_w"], batch["x_ulb_s"]
+        logits = self.net(torch.cat([x_lb, x_ulb_w, x_ulb_s]))
+        logits_lb, logits_w, logits_s = logits.split([len(x_lb), len(x_ulb_w), len(x_ulb_s)])
+
+        sup = F.cross_entropy(logits_lb, batch["y_lb"])
+        probs_w = logits_w.detach().float().softmax(dim=1)
+        self.update_thresholds(probs_w)
+        mask, pseudo_labels = self_adaptive_mask(probs_w, self.tau, self.p_model)
+        unsup = masked_cross_entropy(logits_s, pseudo_labels, mask)
+        fair = fairness_loss(logits_s, mask, self.p_model, self.label_hist)
+        unlabeled = self.params.lambda_u * unsup + self.params.lambda_f * fair
+
+        terms = {
+            "loss": sup + unlabeled,
+            "sup": sup,
+            "unsup": unsup,
+            "fairness": fair,
+            "mask_ratio": mask.float().mean(),
+            "tau": self.tau.clone(),
+        }
+        if self.params.gate:
+            trainable = [p for p in self.net.parameters() if p.requires_grad]
+            gate_open = bool(gradient_inner_product(sup, unlabeled, trainable) >= 0)
+            terms["loss"] = terms["loss"] if gate_open else sup
+            terms["gate_open"] = sup.new_tensor(float(gate_open))
+        return terms
