@@ -329,6 +329,8 @@ def test_simclr_flags_and_projector_outside_inference_model():
     assert method.inference_model() is method.net
     assert method.projector[0].in_features == method.net.head.in_features == 8
     assert method.projector[-1].out_features == 5
+    # The head starts at zero: before the probe every image gets equal logits (chance score).
+    assert method.net.head.weight.abs().sum() == 0 and method.net.head.bias.abs().sum() == 0
     net_ids = {id(p) for p in method.net.parameters()}
     assert not net_ids & {id(p) for p in method.projector.parameters()}
 

@@ -70,3 +70,27 @@ def test_single_target_methods_refuse_several_tasks(default_params):
     section["data"]["targets"] = ["view", "view"]
     with pytest.raises(ConfigError, match="targets: lists a label twice"):
         parse_task("classification", section)
+
+
+def test_simclr_probes_one_head_per_task():
+    from semimed.methods.classification import SimCLR
+
+    torch.manual_seed(0)
+
+    def net():
+        return build_network(
+            "cnn", spatial_dims=2, in_channels=1, num_classes=5, channels=(4, 8), dropout=0.0
+        )
+
+    method = SimCLR(net, SimCLR.Params(), 5, 10, task_sizes=(3, 2))
+    method.phase.fill_(2)
+    method.load_state_dict(method.state_dict())  # the phase is read back from the buffer
+    batch = {
+        "x_lb": torch.rand(4, 1, 16, 16),
+        "y_lb": torch.tensor([[0, 1], [1, 0], [2, 1], [0, 0]]),
+        "x_ulb_s": torch.rand(6, 1, 16, 16),
+        "x_ulb_s2": torch.rand(6, 1, 16, 16),
+    }
+    method.training_step(batch, 9)["loss"].backward()
+    grad = method.net.head.weight.grad
+    assert grad[:3].abs().sum() > 0 and grad[3:].abs().sum() > 0

@@ -115,7 +115,7 @@ __all__ = [
 # ---------------------------------------------- sharpening and MixUp (MixMatch)
 
 
-def sharpen(probs: Tensor, temperature: float) -> Tensor:
+def sharpen(probs: Tensor, temperature: float | Tensor) -> Tensor:
     """Temperature sharpening ``p_c^(1/T) / sum_k p_k^(1/T)`` of probabilities (N, C), over dim 1.
 
     MixMatch (Berthelot et al., NeurIPS 2019), eq. 7: T = 1 leaves ``probs`` unchanged and
