@@ -12,6 +12,13 @@ from semimed.multitask import blockwise_softmax, multitask_cross_entropy, split_
 from semimed.networks import build_network
 
 
+def net():
+    """A tiny cnn with 5 logits: tasks of 3 and 2 classes."""
+    return build_network(
+        "cnn", spatial_dims=2, in_channels=1, num_classes=5, channels=(4, 8), dropout=0.0
+    )
+
+
 def test_single_task_is_plain_cross_entropy():
     logits, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
     torch.testing.assert_close(multitask_cross_entropy(logits, y, (4,)), F.cross_entropy(logits, y))
@@ -35,11 +42,6 @@ def test_blocks_are_independent_tasks():
 def test_supervised_trains_every_head():
     torch.manual_seed(0)
 
-    def net():
-        return build_network(
-            "cnn", spatial_dims=2, in_channels=1, num_classes=5, channels=(4, 8), dropout=0.0
-        )
-
     method = Supervised(net, Supervised.Params(), 5, 10, task_sizes=(3, 2))
     batch = {
         "x_lb": torch.rand(4, 1, 16, 16),
@@ -52,11 +54,6 @@ def test_supervised_trains_every_head():
 
 def test_single_target_methods_refuse_several_tasks(default_params):
     from semimed.methods.classification import FixMatch
-
-    def net():
-        return build_network(
-            "cnn", spatial_dims=2, in_channels=1, num_classes=5, channels=(4, 8), dropout=0.0
-        )
 
     with pytest.raises(ValueError, match="multi-task"):
         FixMatch(net, FixMatch.Params(), 5, 10, task_sizes=(3, 2))
@@ -76,11 +73,6 @@ def test_simclr_probes_one_head_per_task():
     from semimed.methods.classification import SimCLR
 
     torch.manual_seed(0)
-
-    def net():
-        return build_network(
-            "cnn", spatial_dims=2, in_channels=1, num_classes=5, channels=(4, 8), dropout=0.0
-        )
 
     method = SimCLR(net, SimCLR.Params(), 5, 10, task_sizes=(3, 2))
     method.phase.fill_(2)
