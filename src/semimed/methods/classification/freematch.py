@@ -49,10 +49,15 @@ from semimed.losses import masked_cross_entropy
 from semimed.methods.base import EvaluatesEMA
 
 
+def self_adaptive_thresholds(tau: Tensor, p_model: Tensor) -> Tensor:
+    """Per-class thresholds (C,): ``tau * p_model / max(p_model)``."""
+    return tau * p_model / p_model.max()
+
+
 def self_adaptive_mask(probs: Tensor, tau: Tensor, p_model: Tensor) -> tuple[Tensor, Tensor]:
-    """Mask (U,) bool and hard labels (U,) of probs (U, C): keep max p >= tau * p_model / max."""
+    """Mask (U,) bool and hard labels (U,) of probs (U, C): keep max p >= its class threshold."""
     confidence, labels = probs.max(dim=1)
-    return confidence >= (tau * p_model / p_model.max())[labels], labels
+    return confidence >= self_adaptive_thresholds(tau, p_model)[labels], labels
 
 
 def fairness_loss(logits_s: Tensor, mask: Tensor, p_model: Tensor, label_hist: Tensor) -> Tensor:
@@ -120,8 +125,8 @@ class FreeMatch(EvaluatesEMA):
         self.register_buffer("label_hist", uniform.clone())  # (C,) EMA of weak argmax histogram
 
     def class_thresholds(self) -> Tensor:
-        """Per-class thresholds (C,): ``tau * p_model / max(p_model)``."""
-        return self.tau * self.p_model / self.p_model.max()
+        """Per-class thresholds (C,) of the current state."""
+        return self_adaptive_thresholds(self.tau, self.p_model)
 
     @torch.no_grad()
     def update_thresholds(self, probs: Tensor) -> None:
