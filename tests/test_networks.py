@@ -32,7 +32,7 @@ def _classifier(name, channels=(8, 16), num_classes=3, in_channels=1, dropout=0.
 
 
 def test_every_classifier_is_tested():
-    assert set(CLASSIFIERS) == set(NETWORKS) - {"unet"}
+    assert set(CLASSIFIERS) == set(NETWORKS) - {"unet", "vnet", "dynunet"}
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
@@ -169,7 +169,7 @@ def test_unet_keeps_spatial_shape(spatial_dims, shape):
 def test_unknown_network_lists_choices():
     with pytest.raises(ValueError, match="unknown network 'vgg'.*cnn, lwn, resnet18, densenet121"):
         _classifier("vgg")
-    assert set(NETWORKS) == {"cnn", "lwn", "resnet18", "densenet121", "unet"}
+    assert set(NETWORKS) == {"cnn", "lwn", "resnet18", "densenet121", "unet", "vnet", "dynunet"}
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))

@@ -355,6 +355,14 @@ def parse_task(task: str, section: dict) -> TaskConfig:
                 f"{task}.data.targets: {list(cfg.data.targets)} needs multi-task methods, but "
                 f"{', '.join(single)} learn one target; multi-task methods: {capable}"
             )
+    from semimed.networks import DEEP_SUPERVISION
+
+    needs_ds = [m for m in cfg.methods if known[m].deep_supervision]
+    if needs_ds and cfg.network.name not in DEEP_SUPERVISION:
+        raise ConfigError(
+            f"{task}.network.name: {', '.join(needs_ds)} need deep-supervision outputs, which "
+            f"{cfg.network.name!r} lacks; choose one of: {', '.join(DEEP_SUPERVISION)}"
+        )
     if task == "segmentation" and cfg.train.patch_size is None:
         raise ConfigError("segmentation.train.patch_size: missing key")
     return cfg

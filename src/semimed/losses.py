@@ -11,7 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
@@ -96,6 +96,41 @@ def seg_supervised_loss(
     return _dice_ce(float(dice_weight), float(ce_weight))(logits, labels)
 
 
+def weighted_dice_ce(
+    logits: Tensor,
+    labels: Tensor,
+    class_weights: Tensor | None = None,
+    dice_weight: float = 1.0,
+    ce_weight: float = 1.0,
+) -> Tensor:
+    """``seg_supervised_loss`` with per-class weights (C,) in BOTH terms: weighted
+    cross-entropy (torch's normalisation: divided by the summed weights of the voxels' classes)
+    plus MONAI ``DiceLoss`` whose per-class Dice losses are multiplied by the weights before
+    averaging. DHC (Wang & Li, MICCAI 2023) trains its supervised term this way ("w_ce+dice").
+
+    labels (B, 1, D, H, W) int64 or hard pseudo-labels of that shape; weights are treated as
+    constants (detached). ``class_weights=None`` equals ``seg_supervised_loss``.
+    """
+    if class_weights is None:
+        return seg_supervised_loss(logits, labels, dice_weight, ce_weight)
+    w = class_weights.detach().to(logits.device, torch.float32)
+    loss = logits.new_zeros(())
+    if ce_weight:
+        loss = loss + ce_weight * F.cross_entropy(logits.float(), labels[:, 0].long(), weight=w)
+    if dice_weight:
+        dice = DiceLoss(to_onehot_y=True, softmax=True, weight=w)
+        loss = loss + dice_weight * dice(logits.float(), labels)
+    return loss
+
+
+def weighted_ce(logits: Tensor, labels: Tensor, class_weights: Tensor | None = None) -> Tensor:
+    """Voxel-wise cross-entropy of logits (B, C, ...) against hard labels (B, 1, ...), with
+    optional per-class weights (C,) (detached); the pseudo-label term of CPS (Chen et al., CVPR
+    2021) and, weighted, of DHC ("wce")."""
+    w = None if class_weights is None else class_weights.detach().to(logits.device, torch.float32)
+    return F.cross_entropy(logits.float(), labels[:, 0].long(), weight=w)
+
+
 __all__ = [
     "confident_pseudo_label_loss",
     "group_means",
@@ -106,6 +141,8 @@ __all__ = [
     "mixup",
     "nt_xent",
     "seg_supervised_loss",
+    "weighted_ce",
+    "weighted_dice_ce",
     "sharpen",
     "sigmoid_rampup",
     "softmax_mse",

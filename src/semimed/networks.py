@@ -1,4 +1,5 @@
-"""Networks, by name: ``build_network("cnn" | "lwn" | "resnet18" | "densenet121" | "unet", ...)``.
+"""Networks, by name: ``build_network("cnn" | "lwn" | "resnet18" | "densenet121" | "unet" | "vnet" |
+"dynunet", ...)``; the 3D segmentation ones live in ``semimed.seg_networks``.
 
 Classification nets map (B, C_in, H, W) -> logits (B, num_classes) and expose
 ``.backbone`` (x -> features (B, F)) and ``.head`` (``nn.Linear(F, num_classes)``), so methods
@@ -18,10 +19,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import DenseNet121, UNet
+from monai.networks.nets import DenseNet121
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 from torchvision.models import resnet18
+
+from semimed.seg_networks import build_dynunet, build_unet, build_vnet
 
 
 class Classifier(nn.Module):
@@ -313,44 +316,17 @@ def build_densenet121(
     return Classifier(backbone, top.out)
 
 
-def build_unet(
-    *,
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    channels: Sequence[int],
-    dropout: float,
-) -> nn.Module:
-    """MONAI UNet (Ronneberger et al. 2015), 2D or 3D, without residual units: on a 2-core CPU
-    a 32^3 training step is ~2.8x faster than with `num_res_units=1`.
-
-    One stride-2 level per step between ``channels`` entries, so each spatial size of the input
-    must be divisible by ``2 ** (len(channels) - 1)``; instance norm because 3D batches hold
-    only a few crops. Output: logits (B, num_classes, *input_spatial).
-    """
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"network 'unet' needs spatial_dims 2 or 3; got {spatial_dims}")
-    if len(channels) < 2:
-        raise ValueError(f"channels: 'unet' needs at least 2 levels, got {list(channels)}")
-    return UNet(
-        spatial_dims=spatial_dims,
-        in_channels=in_channels,
-        out_channels=num_classes,
-        channels=tuple(channels),
-        strides=(2,) * (len(channels) - 1),
-        num_res_units=0,
-        dropout=dropout,
-        norm="instance",
-    )
-
-
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "cnn": build_cnn,
     "lwn": build_lwn,
     "resnet18": build_resnet18,
     "densenet121": build_densenet121,
     "unet": build_unet,
+    "vnet": build_vnet,
+    "dynunet": build_dynunet,
 }
+# Networks that can return deep-supervision outputs (``build_network(..., deep_supervision=True)``).
+DEEP_SUPERVISION = ("unet", "dynunet")
 
 
 def build_network(
@@ -361,19 +337,37 @@ def build_network(
     num_classes: int,
     channels: Sequence[int],
     dropout: float,
+    deep_supervision: bool = False,
 ) -> nn.Module:
-    """Build the network registered as ``name`` in ``NETWORKS``; see each builder for shapes."""
+    """Build the network registered as ``name`` in ``NETWORKS``; see each builder for shapes.
+
+    ``deep_supervision``: also return coarser decoder outputs in training mode (URPC); only the
+    networks in ``DEEP_SUPERVISION`` have them."""
     if name not in NETWORKS:
         raise ValueError(f"unknown network '{name}'; choose one of: {', '.join(NETWORKS)}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout: must be in [0, 1), got {dropout}")
+    if deep_supervision and name not in DEEP_SUPERVISION:
+        raise ValueError(
+            f"network '{name}' has no deep-supervision outputs; use one of: "
+            + ", ".join(DEEP_SUPERVISION)
+        )
+    extra = {"deep_supervision": True} if deep_supervision else {}
     return NETWORKS[name](
         spatial_dims=spatial_dims,
         in_channels=in_channels,
         num_classes=num_classes,
         channels=channels,
         dropout=dropout,
+        **extra,
     )
 
 
-__all__ = ["NETWORKS", "Classifier", "build_network", "haar_dwt", "reparameterize"]
+__all__ = [
+    "DEEP_SUPERVISION",
+    "NETWORKS",
+    "Classifier",
+    "build_network",
+    "haar_dwt",
+    "reparameterize",
+]

@@ -39,7 +39,7 @@ from sklearn.metrics import balanced_accuracy_score
 from tqdm import tqdm
 
 from semimed.config import TaskConfig
-from semimed.data.loaders import TaskData, train_batches, unlabeled_pool
+from semimed.data.loaders import TaskData, labeled_class_counts, train_batches, unlabeled_pool
 from semimed.inference import predict_proba, predict_volume
 from semimed.io import write_bytes_atomic, write_json_atomic
 from semimed.methods import get_method
@@ -73,10 +73,12 @@ def make_method(
     in_channels: int = 1,
     num_unlabeled: int = 0,
     task_sizes: tuple[int, ...] | None = None,
+    class_counts=None,
 ):
     """Instantiate method `name` with its params and a factory for the task's network.
 
-    `task_sizes` (classes per target, multi-task) overrides `num_classes` with their sum."""
+    `task_sizes` (classes per target, multi-task) overrides `num_classes` with their sum;
+    `class_counts` (labels per class of the labeled pool) feeds class-distribution priors."""
     if task_sizes:
         num_classes = sum(task_sizes)
     cls = get_method(cfg.task, name)
@@ -90,6 +92,7 @@ def make_method(
             num_classes=num_classes,
             channels=net.channels,
             dropout=net.dropout,
+            deep_supervision=cls.deep_supervision,
         )
 
     return cls(
@@ -99,6 +102,7 @@ def make_method(
         cfg.train.steps,
         num_unlabeled=num_unlabeled,
         task_sizes=task_sizes,
+        class_counts=class_counts,
     )
 
 
@@ -218,6 +222,7 @@ def train_run(
         data.num_classes,
         num_unlabeled=num_unlabeled,
         task_sizes=data.task_sizes,
+        class_counts=labeled_class_counts(data, get_method(cfg.task, method_name)),
     )
     method = method.to(device)
     trainable = [p for p in method.parameters() if p.requires_grad]

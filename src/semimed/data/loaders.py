@@ -137,14 +137,33 @@ def unlabeled_pool(data: TaskData, method_cls) -> list[str]:
     return data.split["train_unlabeled"]
 
 
+def labeled_ids(data: TaskData, method_cls) -> list[str]:
+    """Ids of the labeled stream of `method_cls` (every train label for upper bounds)."""
+    ids = data.split["train_labeled"]
+    if method_cls.labeled_pool == "all":
+        ids = ids + data.split["train_unlabeled"]
+    return ids
+
+
+def labeled_class_counts(data: TaskData, method_cls) -> list[float]:
+    """Labels per class of `method_cls`'s labeled pool: voxels (segmentation, counted on the
+    preprocessed volumes) or images of the primary target (classification)."""
+    ids = labeled_ids(data, method_cls)
+    c = data.num_classes
+    if data.task == "classification":
+        labels = data.arrays(ids)[1].reshape(-1).long()
+        return torch.bincount(labels, minlength=c).float().tolist()
+    counts = np.zeros(c, dtype=np.float64)
+    for i in ids:
+        counts += np.bincount(np.asarray(data.volumes[i][1]).reshape(-1), minlength=c)[:c]
+    return counts.tolist()
+
+
 def train_batches(
     data: TaskData, cfg: TaskConfig, method_cls, seed: int, start_step: int, device
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless training batches for `method_cls` (see the module docstring)."""
-    split = data.split
-    lab_ids = split["train_labeled"]
-    if method_cls.labeled_pool == "all":
-        lab_ids = lab_ids + split["train_unlabeled"]
+    lab_ids = labeled_ids(data, method_cls)
     ulb_ids = unlabeled_pool(data, method_cls)
     if method_cls.uses_unlabeled and not ulb_ids:
         raise ConfigError(

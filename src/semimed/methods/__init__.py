@@ -25,6 +25,8 @@ METHODS: dict[str, dict[str, type[Method]]] = {
         "supervised": segmentation.Supervised,
         "supervised_full": segmentation.SupervisedFull,
         "mean_teacher": segmentation.MeanTeacher,
+        "cps": segmentation.CrossPseudoSupervision,
+        "dhc": segmentation.DHC,
     },
 }
 

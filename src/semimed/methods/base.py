@@ -9,7 +9,7 @@ saves ``inference_model()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -34,6 +34,9 @@ class Method(nn.Module):
     # True -> trains one head per task when params list several targets (``y_lb`` (B, T));
     # the other methods learn the primary target only and the config refuses several.
     multitask: ClassVar[bool] = False
+    # True -> the network is built with deep-supervision outputs (training mode returns
+    # (B, 1 + K, C, ...), see semimed.seg_networks); the config then requires such a network.
+    deep_supervision: ClassVar[bool] = False
     # Frozen dataclass of hyper-parameters; validated in its __post_init__.
     Params: ClassVar[type]
 
@@ -45,6 +48,7 @@ class Method(nn.Module):
         total_steps: int,
         num_unlabeled: int = 0,
         task_sizes: tuple[int, ...] | None = None,
+        class_counts: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(params, self.Params):
@@ -73,6 +77,14 @@ class Method(nn.Module):
         self.total_steps = total_steps
         # Size of the unlabeled pool, for per-sample memories indexed by ``batch["i_ulb"]``.
         self.num_unlabeled = num_unlabeled
+        # Label counts per class of the labeled pool (segmentation: voxels; classification:
+        # images), for class-distribution priors (DHC's DistDW starts from them); None when
+        # unknown (inference), so methods must fall back to a uniform prior.
+        if class_counts is not None and len(class_counts) != num_classes:
+            raise ValueError(
+                f"{self.name}: class_counts needs {num_classes} entries, got {len(class_counts)}"
+            )
+        self.class_counts = None if class_counts is None else tuple(float(c) for c in class_counts)
         self.net = net_factory()
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:

@@ -1,0 +1,94 @@
+"""Cross Pseudo Supervision (CPS): two differently initialised networks teach each other.
+
+Chen et al., "Semi-Supervised Semantic Segmentation with Cross Pseudo Supervision" (CVPR 2021),
+in the 3D form of DHC's baseline (Wang & Li, MICCAI 2023): both networks see the same labeled +
+unlabeled crops; each is trained on the labeled part with Dice + CE and on EVERY voxel of the
+batch with cross-entropy against the other network's hard prediction (argmax, no gradient):
+
+    loss = DiceCE(f_a(x_l), y) + DiceCE(f_b(x_l), y)
+         + cps_weight * ramp(step) * [CE(f_a(x), argmax f_b(x)) + CE(f_b(x), argmax f_a(x))]
+
+``CrossPseudoSupervision`` is the shared pair: subclasses (DHC and the class-imbalance
+baselines built on CPS) override ``class_weights`` to weight both terms per class, or
+``pseudo_labels`` to change the targets. Inference averages the two networks' softmax
+(``PairAverage``). Defaults follow DHC's CPS: weight 1, no ramp-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from semimed.losses import sigmoid_rampup, weighted_ce, weighted_dice_ce
+from semimed.methods.base import Method
+from semimed.seg_networks import PairAverage
+
+
+class CrossPseudoSupervision(Method):
+    """Batch: ``x_lb``, ``y_lb`` (B, 1, D, H, W); ``x_ulb_w`` (U, 1, D, H, W)."""
+
+    name = "cps"
+    uses_unlabeled = True
+    views = ("w",)
+
+    @dataclass(frozen=True)
+    class Params:
+        cps_weight: float = 1.0  # final weight of the cross pseudo-supervision term, >= 0
+        rampup: float = 0.0  # share of total_steps of the sigmoid ramp-up, [0, 1]; 0 = none
+
+        def __post_init__(self) -> None:
+            if self.cps_weight < 0:
+                raise ValueError(f"cps_weight: must be >= 0, got {self.cps_weight}")
+            if not 0.0 <= self.rampup <= 1.0:
+                raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
+
+    def __init__(
+        self,
+        net_factory: Callable[[], nn.Module],
+        params: Any,
+        num_classes: int,
+        total_steps: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(net_factory, params, num_classes, total_steps, **kwargs)
+        # A second draw from the seeded RNG: the same architecture, a different initialisation.
+        self.net2 = net_factory()
+
+    def class_weights(
+        self, logits_a: Tensor, logits_b: Tensor, y_lb: Tensor, n_lb: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Per-class weights (C,) for network a's and b's losses this step; None = unweighted.
+
+        logits (B + U, C, ...) of the whole batch, labeled rows first; called under no_grad."""
+        return None, None
+
+    def pseudo_labels(self, logits_a: Tensor, logits_b: Tensor) -> tuple[Tensor, Tensor]:
+        """Hard targets (B + U, 1, ...) for network a (from b) and for b (from a)."""
+        return logits_b.argmax(1, keepdim=True), logits_a.argmax(1, keepdim=True)
+
+    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        x_lb, y_lb = batch["x_lb"], batch["y_lb"]
+        x = torch.cat([x_lb, batch["x_ulb_w"]])
+        n = len(x_lb)
+        logits_a, logits_b = self.net(x), self.net2(x)
+        with torch.no_grad():
+            w_a, w_b = self.class_weights(logits_a.detach(), logits_b.detach(), y_lb, n)
+            target_a, target_b = self.pseudo_labels(logits_a.detach(), logits_b.detach())
+        sup = weighted_dice_ce(logits_a[:n], y_lb, w_a) + weighted_dice_ce(logits_b[:n], y_lb, w_b)
+        unsup = weighted_ce(logits_a, target_a, w_a) + weighted_ce(logits_b, target_b, w_b)
+        weight = self.params.cps_weight * sigmoid_rampup(
+            step, self.params.rampup * self.total_steps
+        )
+        return {
+            "loss": sup + weight * unsup,
+            "sup": sup,
+            "unsup": unsup,
+            "weight": sup.new_tensor(weight),
+        }
+
+    def inference_model(self) -> nn.Module:
+        return PairAverage(self.net, self.net2)
