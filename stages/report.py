@@ -13,7 +13,14 @@ from semimed import cli
 from semimed.config import TASKS, load_task
 from semimed.evaluate import flat_metrics
 from semimed.io import write_bytes_atomic, write_json_atomic
-from semimed.report import comparison_table, plot_comparison, plot_training_curves, summarize
+from semimed.report import (
+    comparison_table,
+    gap_closed,
+    per_class_table,
+    plot_comparison,
+    plot_training_curves,
+    summarize,
+)
 from semimed.train import VAL_METRIC
 
 # What the summary (and so `dvc exp show` / `dvc metrics diff`) carries; the per-run files
@@ -62,6 +69,16 @@ def run() -> None:
             curves, out / f"{task}_training_curves.png", ylabel=f"validation {VAL_METRIC[task]}"
         )
         tables.append(f"### {task}\n\n{comparison_table(summary, task, keep)}\n")
+        if gap := gap_closed(summary, task, headline):
+            closed = ", ".join(f"{m} {100 * g:.0f} %" for m, g in gap.items())
+            tables.append(
+                f"Share of the supervised -> supervised_full {headline} gap closed: {closed}\n"
+            )
+        if task == "segmentation":
+            tables.append(
+                f"Per-class {headline} (mean +- std over seeds):\n\n"
+                f"{per_class_table(summary, task, per_class)}\n"
+            )
     summary = summarize(runs)
     write_json_atomic("metrics/summary.json", summary)
     write_bytes_atomic(out / "results.md", "\n".join(tables).encode())

@@ -8,6 +8,8 @@ import pytest
 from semimed.report import (
     comparison_records,
     comparison_table,
+    gap_closed,
+    per_class_table,
     plot_comparison,
     plot_overlay,
     plot_training_curves,
@@ -55,6 +57,26 @@ def test_comparison_table_and_records():
     assert records[1] == {"method": "dhc", "mean": 4.0, "std": 0.0}
     with pytest.raises(ValueError, match="segmentation"):
         comparison_table(summary, "nope", ["dice"])
+
+
+def test_gap_closed_and_per_class_table():
+    runs = {
+        "segmentation": {
+            "supervised": {0: {"dice": 0.5, "dice_liver": 0.8, "dice_adrenal": 0.0}},
+            "dhc": {0: {"dice": 0.6, "dice_liver": 0.7, "dice_adrenal": 0.3}},
+            "supervised_full": {0: {"dice": 0.7, "dice_liver": 0.9}},
+        }
+    }
+    summary = summarize(runs)
+    assert gap_closed(summary, "segmentation", "dice") == pytest.approx({"dhc": 0.5})
+    assert (
+        gap_closed(summarize({"segmentation": {"dhc": {0: {"dice": 1.0}}}}), "segmentation", "dice")
+        == {}
+    )
+    lines = per_class_table(summary, "segmentation", "dice_").strip().splitlines()
+    assert lines[0] == "| method | liver | adrenal |"
+    assert lines[3] == "| dhc | 0.700 +- 0.000 | 0.300 +- 0.000 |"
+    assert lines[4] == "| supervised_full | 0.900 +- 0.000 | - |"
 
 
 def test_plot_comparison_writes_png(tmp_path):

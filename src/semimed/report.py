@@ -108,6 +108,42 @@ def comparison_table(summary: Summary, task: str, metrics: list[str], digits: in
     return "\n".join(rows) + "\n"
 
 
+def gap_closed(summary: Summary, task: str, metric: str) -> dict[str, float]:
+    """Share of the ``supervised`` -> ``supervised_full`` gap in ``metric``'s mean that each
+    other method closes: ``(m - sup) / (full - sup)`` (1 = as good as all labels, < 0 = worse
+    than the labeled subset alone). Empty unless both bounds ran and differ."""
+    stats = _task(summary, task)
+    try:
+        low, high = stats["supervised"][metric]["mean"], stats["supervised_full"][metric]["mean"]
+    except KeyError:
+        return {}
+    if high == low:
+        return {}
+    return {
+        method: (s[metric]["mean"] - low) / (high - low)
+        for method, s in stats.items()
+        if method not in ("supervised", "supervised_full") and metric in s
+    }
+
+
+def per_class_table(summary: Summary, task: str, prefix: str, digits: int = 3) -> str:
+    """Markdown table of the per-class metrics ``<prefix><class>``, one column per class (as
+    DHC's tables show which classes a method loses), cells ``mean +- std`` over seeds."""
+    stats = _task(summary, task)
+    classes = list(dict.fromkeys(k for s in stats.values() for k in s if k.startswith(prefix)))
+    rows = [
+        "| method | " + " | ".join(c[len(prefix) :] for c in classes) + " |",
+        "| --- |" + " --- |" * len(classes),
+    ]
+    for method, s in stats.items():
+        cells = [
+            f"{s[c]['mean']:.{digits}f} +- {s[c]['std']:.{digits}f}" if c in s else "-"
+            for c in classes
+        ]
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def comparison_records(summary: Summary, task: str, metric: str) -> list[dict]:
     """Rows ``{"method", "mean", "std"}`` for a DVC ``bar_horizontal`` plot (methods that lack
     ``metric`` are left out)."""

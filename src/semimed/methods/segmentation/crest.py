@@ -1,0 +1,82 @@
+"""CReST on CPS: class-rebalancing weights from each network's own pseudo-label counts.
+
+Wei et al., "CReST: A Class-Rebalancing Self-Training Framework for Imbalanced Semi-Supervised
+Learning" (CVPR 2021). CReST self-trains in generations; after each generation it adds
+pseudo-labeled samples predicted as class ``l`` to the labeled set with the sampling rate
+(their eq. 1), classes ranked by frequency ``N_1 >= ... >= N_L``:
+
+    mu_l = (N_{L+1-l} / N_1) ** alpha
+
+so the most frequent class is kept at the smallest rate and the rarest one at rate 1.
+
+DHC (Wang & Li, MICCAI 2023, ``train_crest.py``) turns the rates into per-class loss weights of
+its CPS pair: ``w`` = the rates above computed from voxel counts (``crest_weights``), applied to
+both the supervised Dice + CE and the CPS CE of a network. Each network counts the argmax of
+its own prediction on the unlabeled crops every step and keeps an EMA (momentum 0.99) of the
+resulting weights, initialised from the labeled volumes' voxel counts (``class_counts``; uniform
+weights 1 when unknown). DHC's defaults: alpha 1/3, CPS weight 0.1, no ramp-up. Self-training
+generations and sampling are replaced by this per-step weighting, as in DHC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from semimed.class_weights import class_counts, ema_
+from semimed.methods.segmentation.cps import CrossPseudoSupervision
+
+
+def crest_weights(counts: Tensor, alpha: float, eps: float = 1e-8) -> Tensor:
+    """CReST's rates as class weights (C,) from voxel counts (C,).
+
+    ``mu_c = ((N_c + eps) / (max N + eps)) ** alpha``; the class of rank ``l`` by ``mu``
+    (descending) gets the ``mu`` of rank ``C - 1 - l``: the rarest class gets 1, the most
+    frequent ``(N_min / N_max) ** alpha``. Ties keep the class order (stable sort, as DHC's
+    ``sorted``); equal counts give weights 1.
+    """
+    mu = ((counts.float() + eps) / (counts.max().float() + eps)).pow(alpha)
+    order = torch.sort(mu, descending=True, stable=True).indices
+    weights = torch.empty_like(mu)
+    weights[order] = mu[order].flip(0)
+    return weights
+
+
+class CReST(CrossPseudoSupervision):
+    """Batch as CPS: ``x_lb``, ``y_lb`` (B, 1, D, H, W); ``x_ulb_w`` (U, 1, D, H, W)."""
+
+    name = "crest"
+
+    @dataclass(frozen=True)
+    class Params(CrossPseudoSupervision.Params):
+        cps_weight: float = 0.1  # weight of the class-weighted CPS CE (DHC: 0.1), >= 0
+        rampup: float = 0.0  # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
+        alpha: float = 1.0 / 3.0  # exponent of the rebalancing rate (DHC: 1/3), > 0
+        momentum: float = 0.99  # EMA momentum of the weights per step (DHC: 0.99), [0, 1)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.alpha <= 0:
+                raise ValueError(f"alpha: must be > 0, got {self.alpha}")
+            if not 0.0 <= self.momentum < 1.0:
+                raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        counts = torch.ones(self.num_classes)
+        if self.class_counts is not None:
+            counts = torch.tensor(self.class_counts)
+        # Row 0: network a's weights, row 1: network b's.
+        prior = crest_weights(counts, self.params.alpha)
+        self.register_buffer("weights", prior.repeat(2, 1))
+
+    def class_weights(
+        self, logits_a: Tensor, logits_b: Tensor, y_lb: Tensor, n_lb: int
+    ) -> tuple[Tensor, Tensor]:
+        for row, logits in zip(self.weights, (logits_a, logits_b)):
+            counts = class_counts(logits[n_lb:].argmax(1), self.num_classes)
+            ema_(row, crest_weights(counts, self.params.alpha), self.params.momentum)
+        return self.weights[0].clone(), self.weights[1].clone()

@@ -1,0 +1,104 @@
+"""DePL (DebiasPL) on CPS: pseudo-labels debiased by the running mean prediction.
+
+Wang et al., "Debiased Learning from Naturally Imbalanced Pseudo-Labels" (CVPR 2022). Pseudo-
+labels inherit the model's bias towards the classes it over-predicts. With ``q`` an EMA of the
+mean predicted class probabilities on unlabeled data, DebiasPL (i) takes the pseudo-label from
+the debiased logits ``f(x) - lambda * log q`` (counterfactual reasoning), kept where their
+softmax reaches a confidence threshold, and (ii) trains the student with an adaptive marginal
+loss, the CE of ``f(x) + lambda * log q`` (logit adjustment).
+
+DHC (Wang & Li, MICCAI 2023, ``train_depl.py``) on its CPS pair: each network keeps its own
+``q`` (EMA momentum 0.99 per step, from the softmax of its unlabeled crops, starting uniform);
+network a is trained on every voxel of the batch against the debiased argmax of network b,
+masked where b's debiased confidence is < 0.9 and averaged over all voxels (and the other way
+round); supervised Dice + CE unweighted; lambda 1, CPS weight 1 with a sigmoid ramp-up over the
+whole run. Differences:
+
+* DHC keeps ``q`` per voxel position of the patch (C, D, H, W). Crops are drawn at random
+  places, so every position estimates the same class marginal; we keep one ``q`` (C,) per
+  network (the paper's form), which also holds for any patch size.
+* DHC computes the marginal-adjusted logits but its CPS loss reads the unadjusted ones, so
+  the adaptive marginal loss never acts there: ``marginal=False`` (default) reproduces DHC,
+  ``True`` adds ``lambda * log q`` of the teacher network to the student's logits (the paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from semimed.class_weights import ema_
+from semimed.losses import masked_cross_entropy, sigmoid_rampup, weighted_dice_ce
+from semimed.methods.segmentation.cps import CrossPseudoSupervision
+
+
+def debias(logits: Tensor, mean_probs: Tensor, strength: float) -> Tensor:
+    """``logits - strength * log(q)`` for logits (B, C, ...) and mean probabilities ``q`` (C,):
+    a class the model predicts more often loses more."""
+    shape = (1, -1) + (1,) * (logits.dim() - 2)
+    return logits.float() - strength * mean_probs.clamp_min(1e-8).log().view(shape)
+
+
+class DePL(CrossPseudoSupervision):
+    """Batch as CPS: ``x_lb``, ``y_lb`` (B, 1, D, H, W); ``x_ulb_w`` (U, 1, D, H, W)."""
+
+    name = "depl"
+
+    @dataclass(frozen=True)
+    class Params(CrossPseudoSupervision.Params):
+        cps_weight: float = 1.0  # weight of the masked CPS CE (DHC: 1), >= 0
+        rampup: float = 1.0  # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
+        debias: float = 1.0  # lambda, strength of the log-q debiasing (DHC: 1), >= 0
+        momentum: float = 0.99  # EMA momentum of the mean prediction q per step (DHC), [0, 1)
+        confidence: float = 0.9  # keep voxels whose debiased max softmax >= this (DHC), [0, 1]
+        marginal: bool = False  # add lambda log q to the student's logits (paper; DHC: no-op)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.debias < 0:
+                raise ValueError(f"debias: must be >= 0, got {self.debias}")
+            if not 0.0 <= self.momentum < 1.0:
+                raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+            if not 0.0 <= self.confidence <= 1.0:
+                raise ValueError(f"confidence: must be in [0, 1], got {self.confidence}")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Row 0: network a's mean prediction q, row 1: network b's.
+        self.register_buffer("mean_probs", torch.full((2, self.num_classes), 1 / self.num_classes))
+
+    @torch.no_grad()
+    def debiased_labels(self, logits: Tensor, mean_probs: Tensor) -> tuple[Tensor, Tensor]:
+        """Targets (B, 1, ...) and keep-mask (B, ...) bool from a teacher's logits (B, C, ...)."""
+        confidence, target = debias(logits, mean_probs, self.params.debias).softmax(1).max(1)
+        return target[:, None], confidence >= self.params.confidence
+
+    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        x_lb, y_lb = batch["x_lb"], batch["y_lb"]
+        n = len(x_lb)
+        logits = self.net(torch.cat([x_lb, batch["x_ulb_w"]])), None
+        logits = logits[0], self.net2(torch.cat([x_lb, batch["x_ulb_w"]]))
+        sup = weighted_dice_ce(logits[0][:n], y_lb) + weighted_dice_ce(logits[1][:n], y_lb)
+        unsup = sup.new_zeros(())
+        # The labels of each network come from the other one, debiased by the other's q.
+        labels = [self.debiased_labels(out.detach(), q) for out, q in zip(logits, self.mean_probs)]
+        with torch.no_grad():
+            for q, out in zip(self.mean_probs, logits):
+                ema_(q, out[n:].detach().float().softmax(1).transpose(0, 1).flatten(1).mean(1),
+                     self.params.momentum)
+        for student, (target, mask), q in zip(logits, labels[::-1], self.mean_probs.flip(0)):
+            if self.params.marginal:
+                student = debias(student, q, -self.params.debias)
+            unsup = unsup + masked_cross_entropy(student.float(), target[:, 0], mask)
+        weight = self.params.cps_weight * sigmoid_rampup(
+            step, self.params.rampup * self.total_steps
+        )
+        return {
+            "loss": sup + weight * unsup,
+            "sup": sup,
+            "unsup": unsup,
+            "weight": sup.new_tensor(weight),
+        }

@@ -1,0 +1,71 @@
+"""SimiS on CPS: class weights from the gap to the most frequent class.
+
+Chen et al., "An Embarrassingly Simple Baseline for Imbalanced Semi-Supervised Learning"
+(arXiv 2211.11086, 2022). SimiS supplements the labeled set with pseudo-labeled unlabeled
+samples, per class as many as the class lacks with respect to the most frequent one
+(``N_max - N_c``), so the training distribution becomes flat.
+
+DHC (Wang & Li, MICCAI 2023, ``train_simis.py``) turns that gap into per-class loss weights of
+its CPS pair, applied to both the supervised Dice + CE and the CPS CE of a network:
+
+    P_c = N_c / sum_k N_k,        w_c = C * (max_k P_k - P_c)        (``simis_weights``)
+
+with ``N`` the voxel counts of the network's own argmax over the whole batch (labeled and
+unlabeled crops), EMA'd every step with momentum 0.99. The EMA starts from ``C`` and takes one
+step towards the labeled volumes' weights (``class_counts``; uniform counts when unknown), so
+``w_0 = m C + (1 - m) C (max P_lab - P_lab)``; the most frequent class's weight then decays like
+``m^t C`` towards 0. DHC's defaults: CPS weight 0.1, no ramp-up. The per-epoch resampling of the
+paper is replaced by this per-step weighting, as in DHC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from semimed.class_weights import class_counts, ema_
+from semimed.methods.segmentation.cps import CrossPseudoSupervision
+
+
+def simis_weights(counts: Tensor, eps: float = 1e-8) -> Tensor:
+    """``C * (max P - P)`` (C,) with ``P = (N + eps) / (sum N + eps)`` from counts ``N`` (C,):
+    0 for the most frequent class, larger the rarer a class is."""
+    p = (counts.float() + eps) / (counts.sum().float() + eps)
+    return counts.numel() * (p.max() - p)
+
+
+class SimiS(CrossPseudoSupervision):
+    """Batch as CPS: ``x_lb``, ``y_lb`` (B, 1, D, H, W); ``x_ulb_w`` (U, 1, D, H, W)."""
+
+    name = "simis"
+
+    @dataclass(frozen=True)
+    class Params(CrossPseudoSupervision.Params):
+        cps_weight: float = 0.1  # weight of the class-weighted CPS CE (DHC: 0.1), >= 0
+        rampup: float = 0.0  # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
+        momentum: float = 0.99  # EMA momentum of the weights per step (DHC: 0.99), [0, 1)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not 0.0 <= self.momentum < 1.0:
+                raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        c = self.num_classes
+        counts = torch.ones(c) if self.class_counts is None else torch.tensor(self.class_counts)
+        start = torch.full((c,), float(c))
+        ema_(start, simis_weights(counts), self.params.momentum)
+        # Row 0: network a's weights, row 1: network b's.
+        self.register_buffer("weights", start.repeat(2, 1))
+
+    def class_weights(
+        self, logits_a: Tensor, logits_b: Tensor, y_lb: Tensor, n_lb: int
+    ) -> tuple[Tensor, Tensor]:
+        for row, logits in zip(self.weights, (logits_a, logits_b)):
+            counts = class_counts(logits.argmax(1), self.num_classes)
+            ema_(row, simis_weights(counts), self.params.momentum)
+        return self.weights[0].clone(), self.weights[1].clone()
