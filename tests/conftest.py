@@ -39,7 +39,7 @@ TINY = {
         "data": {"synthetic": {"num_cases": 8, "seed": 0}},
         "preprocess": {"spacing": [6.0, 6.0, 6.0]},
         "split": {"labeled_percent": 20},
-        "methods": ["supervised", "mean_teacher"],
+        "methods": ["supervised", "mean_teacher", "dhc"],
         "seeds": [0],
         "network": {"channels": [4, 8]},
         "train": {

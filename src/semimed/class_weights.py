@@ -6,6 +6,8 @@ buffers, so checkpoints and resumes carry them. Weights are (C,) including backg
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -80,10 +82,66 @@ def difficulty_weights_(
     return cur.numel() * w / w.max().clamp_min(eps)
 
 
+@torch.no_grad()
+def ema_prediction_weights_(
+    weights: Tensor,
+    predictions: Sequence[Tensor],
+    rule: Callable[[Tensor], Tensor],
+    momentum: float,
+) -> tuple[Tensor, ...]:
+    """One EMA step (``ema_``) of each row of ``weights`` (N, C), in place, towards
+    ``rule(class_counts(predictions[i]))``; ``predictions`` holds N hard label maps (one per
+    network, any shape). Returns copies of the rows. DHC's re-implementations of CReST and SimiS
+    weight each CPS network by a rule of the counts of its own argmax this way."""
+    for row, pred in zip(weights, predictions, strict=True):
+        ema_(row, rule(class_counts(pred, weights.shape[1])), momentum)
+    return tuple(row.clone() for row in weights)
+
+
+# ------------------------------------------ class-wise sampling of pseudo-labelled voxels
+
+
+@torch.no_grad()
+def label_class_sums(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per class c: the sum of channel ``values[:, c]`` over the voxels labelled c, and their
+    count; values (B, C, ...), labels (B, 1, ...) in [0, C); returns two (C,) float tensors.
+
+    ``sums / counts`` is the mean of channel c on class c's voxels: with softmax inputs, the
+    class-wise confidence kept by CLD's confidence bank (Lin et al., MICCAI 2022) and by the
+    confidence array of Basak et al. (MICCAI 2022)."""
+    c = values.shape[1]
+    onehot = F.one_hot(labels[:, 0].long(), c).movedim(-1, 1).to(values.dtype)
+    dims = [0, *range(2, values.dim())]
+    return (values * onehot).sum(dims).float(), onehot.sum(dims).float()
+
+
+def sampling_rates(scores: Tensor, power: float, eps: float = 1e-12) -> Tensor:
+    """Class sampling rates (C,) in [0, 1] from class scores (C,) in [0, 1] (confidences):
+    ``r_c = ((1 - s_c) / max_k (1 - s_k)) ** power``; the lowest-scored class gets 1.
+
+    CLD (Lin et al., MICCAI 2022; power 0.5) and Basak et al. (MICCAI 2022; power 2.5) keep the
+    pseudo-labelled voxels of a class with this probability (``class_sampling_mask``), so the
+    well-learned classes stop dominating the unsupervised loss."""
+    gap = (1.0 - scores.float()).clamp_min(0.0)
+    return (gap / (gap.max() + eps)).pow(power)
+
+
+def class_sampling_mask(logits: Tensor, rates: Tensor) -> Tensor:
+    """Random keep-mask (B, ...) of 0./1.: a voxel whose argmax over logits (B, C, ...) is c is
+    kept with probability ``rates[c]`` (one independent draw per voxel from torch's RNG)."""
+    pred = logits.argmax(1)
+    draw = torch.rand(pred.shape, device=pred.device)
+    return (draw < rates.to(pred.device, torch.float32)[pred]).float()
+
+
 __all__ = [
     "class_counts",
+    "class_sampling_mask",
     "difficulty_weights_",
     "distribution_weights",
     "ema_",
+    "ema_prediction_weights_",
     "hard_dice_per_class",
+    "label_class_sums",
+    "sampling_rates",
 ]

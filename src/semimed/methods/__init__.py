@@ -25,8 +25,14 @@ METHODS: dict[str, dict[str, type[Method]]] = {
         "supervised": segmentation.Supervised,
         "supervised_full": segmentation.SupervisedFull,
         "mean_teacher": segmentation.MeanTeacher,
+        "uamt": segmentation.UAMT,
         "cps": segmentation.CrossPseudoSupervision,
+        "urpc": segmentation.URPC,
         "dhc": segmentation.DHC,
+        "crest": segmentation.CReST,
+        "simis": segmentation.SimiS,
+        "depl": segmentation.DePL,
+        "adsh": segmentation.Adsh,
     },
 }
 

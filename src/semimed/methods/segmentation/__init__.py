@@ -1,8 +1,26 @@
 """Segmentation methods, one file each; registered in ``semimed.methods.METHODS``."""
 
+from semimed.methods.segmentation.adsh import Adsh
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
+from semimed.methods.segmentation.crest import CReST
+from semimed.methods.segmentation.depl import DePL
 from semimed.methods.segmentation.dhc import DHC
 from semimed.methods.segmentation.mean_teacher import MeanTeacher
+from semimed.methods.segmentation.simis import SimiS
 from semimed.methods.segmentation.supervised import Supervised, SupervisedFull
+from semimed.methods.segmentation.uamt import UAMT
+from semimed.methods.segmentation.urpc import URPC
 
-__all__ = ["DHC", "CrossPseudoSupervision", "MeanTeacher", "Supervised", "SupervisedFull"]
+__all__ = [
+    "DHC",
+    "UAMT",
+    "URPC",
+    "Adsh",
+    "CReST",
+    "DePL",
+    "SimiS",
+    "CrossPseudoSupervision",
+    "MeanTeacher",
+    "Supervised",
+    "SupervisedFull",
+]

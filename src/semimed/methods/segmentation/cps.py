@@ -9,8 +9,8 @@ batch with cross-entropy against the other network's hard prediction (argmax, no
          + cps_weight * ramp(step) * [CE(f_a(x), argmax f_b(x)) + CE(f_b(x), argmax f_a(x))]
 
 ``CrossPseudoSupervision`` is the shared pair: subclasses (DHC and the class-imbalance
-baselines built on CPS) override ``class_weights`` to weight both terms per class, or
-``pseudo_labels`` to change the targets. Inference averages the two networks' softmax
+baselines built on CPS) override ``class_weights`` to weight both terms per class,
+``pseudo_labels`` to change the targets, or ``cps_loss`` to change the whole term (masks). Inference averages the two networks' softmax
 (``PairAverage``). Defaults follow DHC's CPS: weight 1, no ramp-up.
 """
 
@@ -70,6 +70,15 @@ class CrossPseudoSupervision(Method):
         """Hard targets (B + U, 1, ...) for network a (from b) and for b (from a)."""
         return logits_b.argmax(1, keepdim=True), logits_a.argmax(1, keepdim=True)
 
+    def cps_loss(
+        self, logits_a: Tensor, logits_b: Tensor, w_a: Tensor | None, w_b: Tensor | None, n_lb: int
+    ) -> Tensor:
+        """The cross pseudo-supervision term of the pair; logits (B + U, C, ...) with graph,
+        labeled rows first. Default: each network's weighted CE against ``pseudo_labels``."""
+        with torch.no_grad():
+            target_a, target_b = self.pseudo_labels(logits_a.detach(), logits_b.detach())
+        return weighted_ce(logits_a, target_a, w_a) + weighted_ce(logits_b, target_b, w_b)
+
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x_lb, y_lb = batch["x_lb"], batch["y_lb"]
         x = torch.cat([x_lb, batch["x_ulb_w"]])
@@ -77,9 +86,8 @@ class CrossPseudoSupervision(Method):
         logits_a, logits_b = self.net(x), self.net2(x)
         with torch.no_grad():
             w_a, w_b = self.class_weights(logits_a.detach(), logits_b.detach(), y_lb, n)
-            target_a, target_b = self.pseudo_labels(logits_a.detach(), logits_b.detach())
         sup = weighted_dice_ce(logits_a[:n], y_lb, w_a) + weighted_dice_ce(logits_b[:n], y_lb, w_b)
-        unsup = weighted_ce(logits_a, target_a, w_a) + weighted_ce(logits_b, target_b, w_b)
+        unsup = self.cps_loss(logits_a, logits_b, w_a, w_b, n)
         weight = self.params.cps_weight * sigmoid_rampup(
             step, self.params.rampup * self.total_steps
         )

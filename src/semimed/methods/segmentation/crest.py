@@ -20,13 +20,14 @@ generations and sampling are replaced by this per-step weighting, as in DHC.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from semimed.class_weights import class_counts, ema_
+from semimed.class_weights import ema_prediction_weights_
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -76,7 +77,8 @@ class CReST(CrossPseudoSupervision):
     def class_weights(
         self, logits_a: Tensor, logits_b: Tensor, y_lb: Tensor, n_lb: int
     ) -> tuple[Tensor, Tensor]:
-        for row, logits in zip(self.weights, (logits_a, logits_b)):
-            counts = class_counts(logits[n_lb:].argmax(1), self.num_classes)
-            ema_(row, crest_weights(counts, self.params.alpha), self.params.momentum)
-        return self.weights[0].clone(), self.weights[1].clone()
+        # Each network counts its own argmax on the unlabeled crops.
+        own = (logits_a[n_lb:].argmax(1), logits_b[n_lb:].argmax(1))
+        rule = functools.partial(crest_weights, alpha=self.params.alpha)
+        w_a, w_b = ema_prediction_weights_(self.weights, own, rule, self.params.momentum)
+        return w_a, w_b

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from semimed.class_weights import ema_
-from semimed.losses import masked_cross_entropy, sigmoid_rampup, weighted_dice_ce
+from semimed.losses import masked_cross_entropy
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -76,29 +76,22 @@ class DePL(CrossPseudoSupervision):
         confidence, target = debias(logits, mean_probs, self.params.debias).softmax(1).max(1)
         return target[:, None], confidence >= self.params.confidence
 
-    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        x_lb, y_lb = batch["x_lb"], batch["y_lb"]
-        n = len(x_lb)
-        logits = self.net(torch.cat([x_lb, batch["x_ulb_w"]])), None
-        logits = logits[0], self.net2(torch.cat([x_lb, batch["x_ulb_w"]]))
-        sup = weighted_dice_ce(logits[0][:n], y_lb) + weighted_dice_ce(logits[1][:n], y_lb)
-        unsup = sup.new_zeros(())
-        # The labels of each network come from the other one, debiased by the other's q.
-        labels = [self.debiased_labels(out.detach(), q) for out, q in zip(logits, self.mean_probs)]
+    def cps_loss(
+        self, logits_a: Tensor, logits_b: Tensor, w_a: Tensor | None, w_b: Tensor | None, n_lb: int
+    ) -> Tensor:
+        """Debiased, masked CPS CE of both networks; logits (B + U, C, ...) with graph. Each
+        network's targets come from the other one, debiased by the other's ``q``; then both
+        ``q`` take one EMA step towards the mean softmax of their network's unlabeled crops."""
+        q_a, q_b = self.mean_probs
+        target_a, mask_a = self.debiased_labels(logits_b.detach(), q_b)
+        target_b, mask_b = self.debiased_labels(logits_a.detach(), q_a)
         with torch.no_grad():
-            for q, out in zip(self.mean_probs, logits):
-                ema_(q, out[n:].detach().float().softmax(1).transpose(0, 1).flatten(1).mean(1),
-                     self.params.momentum)
-        for student, (target, mask), q in zip(logits, labels[::-1], self.mean_probs.flip(0)):
-            if self.params.marginal:
-                student = debias(student, q, -self.params.debias)
-            unsup = unsup + masked_cross_entropy(student.float(), target[:, 0], mask)
-        weight = self.params.cps_weight * sigmoid_rampup(
-            step, self.params.rampup * self.total_steps
+            for q, logits in ((q_a, logits_a), (q_b, logits_b)):
+                probs = logits[n_lb:].detach().float().softmax(1)
+                ema_(q, probs.transpose(0, 1).flatten(1).mean(1), self.params.momentum)
+        if self.params.marginal:
+            logits_a = debias(logits_a, q_b, -self.params.debias)
+            logits_b = debias(logits_b, q_a, -self.params.debias)
+        return masked_cross_entropy(logits_a.float(), target_a[:, 0], mask_a) + (
+            masked_cross_entropy(logits_b.float(), target_b[:, 0], mask_b)
         )
-        return {
-            "loss": sup + weight * unsup,
-            "sup": sup,
-            "unsup": unsup,
-            "weight": sup.new_tensor(weight),
-        }

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from semimed.class_weights import class_counts, ema_
+from semimed.class_weights import ema_, ema_prediction_weights_
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -65,7 +65,7 @@ class SimiS(CrossPseudoSupervision):
     def class_weights(
         self, logits_a: Tensor, logits_b: Tensor, y_lb: Tensor, n_lb: int
     ) -> tuple[Tensor, Tensor]:
-        for row, logits in zip(self.weights, (logits_a, logits_b)):
-            counts = class_counts(logits.argmax(1), self.num_classes)
-            ema_(row, simis_weights(counts), self.params.momentum)
-        return self.weights[0].clone(), self.weights[1].clone()
+        # Each network counts its own argmax on the whole batch, labeled crops included.
+        own = (logits_a.argmax(1), logits_b.argmax(1))
+        w_a, w_b = ema_prediction_weights_(self.weights, own, simis_weights, self.params.momentum)
+        return w_a, w_b

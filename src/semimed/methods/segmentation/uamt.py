@@ -14,6 +14,8 @@ pass t, ``ramp = sigmoid_rampup(step, rampup * total_steps)`` and C classes:
     L_c    = sum(mask * (softmax(f(x_u)) - p_1)^2) / (C * sum(mask) + 1e-16)
     loss   = DiceCE(f(x_l), y) + consistency * ramp * L_c
 
+At the end of the ramp tau = ln C keeps every voxel (entropy <= ln C); early on only voxels the
+teacher is sure of count, so the term stays near zero until the teacher has learned something.
 The student sees the clean unlabeled crop (``x_ulb_w``), the teacher the noisy copies, as in the
 reference code (SSL4MIS ``train_uncertainty_aware_mean_teacher_3D.py``; DHC's
 ``train_uamt.py``, Wang & Li, MICCAI 2023). Differences from that code, all deliberate:
@@ -25,7 +27,8 @@ reference code (SSL4MIS ``train_uncertainty_aware_mean_teacher_3D.py``; DHC's
   classes for its binary task; DHC keeps the 2 with 14 classes. With C the term is the mean
   squared error per class at certain voxels, the scale of our Mean Teacher's ``softmax_mse``.
 * ``ln C``: both references use ``ln 2`` even for multi-class data (DHC), which keeps only
-  very confident voxels; the paper's threshold is a share of the maximal entropy, ``ln C``.
+  very confident voxels; the paper's threshold is a share of the maximal uncertainty (ln 2 for
+  its binary task), which for C classes is ``ln C``.
 * Defaults follow SSL4MIS: T = 8, weight 0.1 and threshold both ramped over the whole run,
   EMA 0.99 (DHC: weight 1 without ramp). The teacher is validated, as in our Mean Teacher;
   both references evaluate the student.
