@@ -15,6 +15,9 @@ from semimed.methods.segmentation import MeanTeacher, Supervised, SupervisedFull
 
 def test_registry_names_and_flags():
     registry = METHODS["segmentation"]
+    # Every method of the segmentation suite (DHC and its baselines), in priority order.
+    suite = ["uamt", "cps", "urpc", "dhc", "crest", "simis", "depl", "adsh", "cld", "dst"]
+    assert [m for m in registry if m in suite + ["ssnet", "acisis"]] == suite + ["ssnet", "acisis"]
     assert registry["supervised"] is Supervised and registry["mean_teacher"] is MeanTeacher
     assert registry["supervised_full"] is SupervisedFull
     for name, cls in METHODS["segmentation"].items():

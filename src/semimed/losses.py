@@ -29,6 +29,22 @@ def sigmoid_rampup(step: int, rampup_steps: float) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
+def ramped_terms(
+    sup: Tensor, unsup: Tensor, weight: float, step: int, rampup_steps: float, **extra: Tensor
+) -> dict[str, Tensor]:
+    """A semi-supervised step's result: ``loss = sup + w * unsup`` with
+    ``w = weight * sigmoid_rampup(step, rampup_steps)``, plus every term (and ``extra`` ones)
+    for logging and ``"weight"`` = w. The terms keep their graphs (tests back-propagate one)."""
+    w = weight * sigmoid_rampup(step, rampup_steps)
+    return {
+        "loss": sup + w * unsup,
+        "sup": sup,
+        "unsup": unsup,
+        **extra,
+        "weight": sup.new_tensor(w),
+    }
+
+
 def linear_rampup(step: int, rampup_steps: float) -> float:
     """Weight ramp ``clip(step / rampup_steps, 0, 1)``: 0 at step 0, 1 from ``rampup_steps`` on.
 
@@ -137,6 +153,7 @@ __all__ = [
     "kmeans_assign",
     "linear_rampup",
     "masked_cross_entropy",
+    "ramped_terms",
     "matched_prototype_loss",
     "mixup",
     "nt_xent",

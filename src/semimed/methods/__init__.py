@@ -33,6 +33,10 @@ METHODS: dict[str, dict[str, type[Method]]] = {
         "simis": segmentation.SimiS,
         "depl": segmentation.DePL,
         "adsh": segmentation.Adsh,
+        "cld": segmentation.CLD,
+        "dst": segmentation.DST,
+        "ssnet": segmentation.SSNet,
+        "acisis": segmentation.AcISIS,
     },
 }
 

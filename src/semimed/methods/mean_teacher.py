@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from semimed.ema import make_teacher, update_ema, warmup_decay
-from semimed.losses import sigmoid_rampup, softmax_mse
+from semimed.losses import ramped_terms, softmax_mse
 from semimed.methods.base import Method
 
 
@@ -73,15 +73,9 @@ class MeanTeacher(Method):
 
         sup = self.supervised_loss(logits_lb, batch["y_lb"])
         unsup = softmax_mse(logits_s, logits_teacher)
-        weight = self.params.consistency * sigmoid_rampup(
-            step, self.params.rampup * self.total_steps
+        return ramped_terms(
+            sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
         )
-        return {
-            "loss": sup + weight * unsup,
-            "sup": sup,
-            "unsup": unsup,
-            "weight": sup.new_tensor(weight),
-        }
 
     def on_step_end(self, step: int) -> None:
         update_ema(self.teacher, self.net, warmup_decay(self.params.ema_decay, step))

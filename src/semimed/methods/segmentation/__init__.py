@@ -1,12 +1,16 @@
 """Segmentation methods, one file each; registered in ``semimed.methods.METHODS``."""
 
+from semimed.methods.segmentation.acisis import AcISIS
 from semimed.methods.segmentation.adsh import Adsh
+from semimed.methods.segmentation.cld import CLD
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 from semimed.methods.segmentation.crest import CReST
 from semimed.methods.segmentation.depl import DePL
 from semimed.methods.segmentation.dhc import DHC
+from semimed.methods.segmentation.dst import DST
 from semimed.methods.segmentation.mean_teacher import MeanTeacher
 from semimed.methods.segmentation.simis import SimiS
+from semimed.methods.segmentation.ssnet import SSNet
 from semimed.methods.segmentation.supervised import Supervised, SupervisedFull
 from semimed.methods.segmentation.uamt import UAMT
 from semimed.methods.segmentation.urpc import URPC
@@ -19,6 +23,10 @@ __all__ = [
     "CReST",
     "DePL",
     "SimiS",
+    "CLD",
+    "DST",
+    "SSNet",
+    "AcISIS",
     "CrossPseudoSupervision",
     "MeanTeacher",
     "Supervised",

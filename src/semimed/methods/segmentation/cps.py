@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from semimed.losses import sigmoid_rampup, weighted_ce, weighted_dice_ce
+from semimed.losses import ramped_terms, weighted_ce, weighted_dice_ce
 from semimed.methods.base import Method
 from semimed.seg_networks import PairAverage
 
@@ -88,15 +88,9 @@ class CrossPseudoSupervision(Method):
             w_a, w_b = self.class_weights(logits_a.detach(), logits_b.detach(), y_lb, n)
         sup = weighted_dice_ce(logits_a[:n], y_lb, w_a) + weighted_dice_ce(logits_b[:n], y_lb, w_b)
         unsup = self.cps_loss(logits_a, logits_b, w_a, w_b, n)
-        weight = self.params.cps_weight * sigmoid_rampup(
-            step, self.params.rampup * self.total_steps
+        return ramped_terms(
+            sup, unsup, self.params.cps_weight, step, self.params.rampup * self.total_steps
         )
-        return {
-            "loss": sup + weight * unsup,
-            "sup": sup,
-            "unsup": unsup,
-            "weight": sup.new_tensor(weight),
-        }
 
     def inference_model(self) -> nn.Module:
         return PairAverage(self.net, self.net2)

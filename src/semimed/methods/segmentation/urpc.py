@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from semimed.losses import seg_supervised_loss, sigmoid_rampup
+from semimed.losses import ramped_terms, seg_supervised_loss
 from semimed.methods.base import Method
 
 
@@ -97,12 +97,6 @@ class URPC(Method):
         # voxel) average it to the mean over scales of each scale's Dice + CE.
         sup = seg_supervised_loss(out[:n].flatten(0, 1), y_lb.repeat_interleave(scales, 0))
         unsup = rectified_pyramid_consistency(out[n:])
-        weight = self.params.consistency * sigmoid_rampup(
-            step, self.params.rampup * self.total_steps
+        return ramped_terms(
+            sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
         )
-        return {
-            "loss": sup + weight * unsup,
-            "sup": sup,
-            "unsup": unsup,
-            "weight": sup.new_tensor(weight),
-        }
