@@ -335,5 +335,8 @@ def test_label_efficiency_cli_writes_png_and_json(tmp_path):
     label_efficiency.main(["--from-json", str(src), "--out", str(out), "--json", str(records)])
     _assert_png(out)
     assert len(json.loads(records.read_text())) == 6
+    only = ["--from-json", str(src), "--out", str(out), "--json", str(records), "--method"]
+    label_efficiency.main([*only, json.loads(records.read_text())[0]["method"]])
+    assert len({r["method"] for r in json.loads(records.read_text())}) == 1
     with pytest.raises(SystemExit, match="no experiment"):
         label_efficiency.main(["--from-json", str(src), "--out", str(out), "--metric", "auc"])

@@ -8,6 +8,9 @@ The sweep it expects (one experiment per labeled percentage, every method and se
     python -m semimed.label_efficiency --out plots/label_efficiency.png \\
         --json metrics/label_efficiency.json
 
+Segmentation: ``--task segmentation --metric dice`` (``--method NAME``, repeatable, keeps only
+the methods the sweep ran when an experiment with more methods shares a percentage).
+
 It reads ``dvc exp show --json`` (or a saved copy, ``--from-json``) and, for the workspace,
 the baseline commit(s) and every finished experiment, takes the param
 ``classification.split.labeled_percent`` and ``metrics/summary.json``
@@ -107,7 +110,7 @@ def plot_label_efficiency(records: Sequence[Mapping], metric: str, out_png: Path
     ticks = sorted({r["labeled_percent"] for r in records})
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("labeled training images (%)")
+    ax.set_xlabel("labeled training images or volumes (%)")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"label efficiency: {metric} (mean ± std over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -123,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--task", default="classification", help="section of metrics/summary.json")
     p.add_argument("--metric", default="balanced_accuracy", help="headline metric")
     p.add_argument("--exp", action="append", default=[], help="use only this entry (repeatable)")
+    p.add_argument(
+        "--method", action="append", default=[], help="plot only this method (repeatable)"
+    )
     args = p.parse_args(argv)
     if args.from_json:
         exp_show = json.loads(args.from_json.read_text())
@@ -133,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(f"error: `{' '.join(cmd)}` failed: {done.stderr.strip()}")
         exp_show = json.loads(done.stdout)
     records = parse_exp_show(exp_show, args.task, args.metric, args.exp)
+    if args.method:
+        records = [r for r in records if r["method"] in args.method]
     try:
         plot_label_efficiency(records, args.metric, args.out)
     except ValueError as err:
