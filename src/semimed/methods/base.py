@@ -78,11 +78,12 @@ class Method(nn.Module):
         # Size of the unlabeled pool, for per-sample memories indexed by ``batch["i_ulb"]``.
         self.num_unlabeled = num_unlabeled
         # Label counts per class of the labeled pool (segmentation: voxels; classification:
-        # images), for class-distribution priors (DHC's DistDW starts from them); None when
-        # unknown (inference), so methods must fall back to a uniform prior.
-        if class_counts is not None and len(class_counts) != num_classes:
+        # images of the primary target), for class-distribution priors (DHC's DistDW starts
+        # from them); None when unknown (inference), so methods must fall back to a uniform prior.
+        if class_counts is not None and len(class_counts) != self.task_sizes[0]:
             raise ValueError(
-                f"{self.name}: class_counts needs {num_classes} entries, got {len(class_counts)}"
+                f"{self.name}: class_counts needs {self.task_sizes[0]} entries, "
+                f"got {len(class_counts)}"
             )
         self.class_counts = None if class_counts is None else tuple(float(c) for c in class_counts)
         self.net = net_factory()
