@@ -1,4 +1,5 @@
-"""Shared by the segmentation method tests: a tiny 3D UNet, a fixed 16^3 batch, helpers."""
+"""Shared by the method tests: a batch that records its reads (both tasks); for segmentation a
+tiny 3D UNet, a fixed 16^3 batch and helpers."""
 
 import torch
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from seg_helpers import RecordingBatch
 from torch import nn
 
 from semimed.losses import masked_cross_entropy, softmax_mse
@@ -29,22 +30,6 @@ def tiny_cnn():
     return build_network(
         "cnn", spatial_dims=2, in_channels=1, num_classes=NUM_CLASSES, channels=(4, 8), dropout=0.0
     )
-
-
-class RecordingBatch(dict):
-    """A batch that remembers which keys a method read."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.read = set()
-
-    def __getitem__(self, key):
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def get(self, key, default=None):
-        self.read.add(key)
-        return super().get(key, default)
 
 
 def make_batch(seed=0, n_lb=4, n_ulb=6):

@@ -50,15 +50,8 @@ class MeanTeacher(Method):
             if not 0.0 <= self.rampup <= 1.0:
                 raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
 
-    def __init__(
-        self,
-        net_factory: Callable[[], nn.Module],
-        params: Any,
-        num_classes: int,
-        total_steps: int,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(net_factory, params, num_classes, total_steps, **kwargs)
+    def __init__(self, net_factory: Callable[[], nn.Module], *args: Any, **kwargs: Any) -> None:
+        super().__init__(net_factory, *args, **kwargs)
         self.teacher = make_teacher(self.net)
 
     def supervised_loss(self, logits: Tensor, targets: Tensor) -> Tensor:

@@ -46,15 +46,8 @@ class CrossPseudoSupervision(Method):
             if not 0.0 <= self.rampup <= 1.0:
                 raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
 
-    def __init__(
-        self,
-        net_factory: Callable[[], nn.Module],
-        params: Any,
-        num_classes: int,
-        total_steps: int,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(net_factory, params, num_classes, total_steps, **kwargs)
+    def __init__(self, net_factory: Callable[[], nn.Module], *args: Any, **kwargs: Any) -> None:
+        super().__init__(net_factory, *args, **kwargs)
         # A second draw from the seeded RNG: the same architecture, a different initialisation.
         self.net2 = net_factory()
 
