@@ -160,6 +160,22 @@ def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys):
     assert "unreadable" in out and "resuming" not in out
 
 
+@pytest.mark.parametrize("task,method", [("classification", "fixmatch"), ("segmentation", "dhc")])
+def test_train_run_is_bit_identical_across_runs(prepared, tmp_path, task, method):
+    """Same params, data and seed on CPU: the same validation score and the same weights."""
+    cfg, processed, splits = prepared[task]
+    data = load_task_data(cfg, processed, splits)
+    files = [processed / "manifest.json", splits]
+    runs = [
+        train_run(cfg, data, method, 0, tmp_path / f"m{k}", tmp_path / f"l{k}", files)
+        for k in range(2)
+    ]
+    key = next(k for k in runs[0] if k.startswith("best_val_"))
+    assert runs[0][key] == runs[1][key] and runs[0]["best_step"] == runs[1]["best_step"]
+    a, b = (torch.load(tmp_path / f"m{k}" / "best.pt", weights_only=True) for k in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_multitask_run_scores_every_task(prepared, tmp_path):
     """targets [view, severity]: one network, two heads; each task gets its metrics."""
     import dataclasses
