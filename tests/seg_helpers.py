@@ -60,9 +60,8 @@ def trainable(method):
     return [p for p in method.parameters() if p.requires_grad]
 
 
-def fits_fixed_batch(method, steps=8):
-    """True if a few Adam steps on one fixed batch lower the loss (measured at a fixed step)."""
-    batch = make_batch()
+def loss_drops(method, batch, steps):
+    """True if ``steps`` Adam steps on one fixed batch lower the loss (measured at step 0)."""
     opt = torch.optim.Adam(trainable(method), lr=1e-2)
     before = method.training_step(batch, 0)["loss"].item()
     for step in range(steps):
@@ -71,3 +70,8 @@ def fits_fixed_batch(method, steps=8):
         opt.step()
         method.on_step_end(step)
     return method.training_step(batch, 0)["loss"].item() < before
+
+
+def fits_fixed_batch(method, steps=8):
+    """``loss_drops`` on the fixed 16^3 segmentation batch."""
+    return loss_drops(method, make_batch(), steps)

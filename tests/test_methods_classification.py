@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from seg_helpers import RecordingBatch
+from seg_helpers import RecordingBatch, loss_drops, trainable
 from torch import nn
 
 from semimed.losses import masked_cross_entropy, softmax_mse
@@ -49,10 +49,6 @@ def make(cls, total_steps=100, **params):
     return cls(tiny_cnn, cls.Params(**params), num_classes=NUM_CLASSES, total_steps=total_steps)
 
 
-def trainable(method):
-    return [p for p in method.parameters() if p.requires_grad]
-
-
 def intensity_net():
     """Class set by mean intensity: bright images -> class 0, dark images -> class 1."""
     head = nn.Linear(1, NUM_CLASSES)
@@ -84,16 +80,8 @@ def unsup_alone_reaches_weights(method, out):
 
 
 def fits_fixed_batch(method, steps=15):
-    """True if a few Adam steps on one fixed batch lower the loss (measured at step 0)."""
-    batch = make_batch()
-    opt = torch.optim.Adam(trainable(method), lr=1e-2)
-    before = method.training_step(batch, 0)["loss"].item()
-    for step in range(steps):
-        opt.zero_grad()
-        method.training_step(batch, step)["loss"].backward()
-        opt.step()
-        method.on_step_end(step)
-    return method.training_step(batch, 0)["loss"].item() < before
+    """``loss_drops`` on the fixed classification batch."""
+    return loss_drops(method, make_batch(), steps)
 
 
 # Registry -------------------------------------------------------------------------------------
