@@ -4,7 +4,7 @@ import json
 
 from semimed import cli
 from semimed.config import load_task
-from semimed.data.splits import make_splits
+from semimed.data.splits import check_unlabeled_pool, make_splits
 from semimed.io import write_json_atomic
 
 
@@ -12,8 +12,9 @@ def run() -> None:
     args = cli.parser(__doc__).parse_args()
     cfg = load_task(args.task, args.params)
     manifest = json.loads((cli.data_dir(args.task, "processed") / "manifest.json").read_text())
-    target = cfg.data.target if args.task == "classification" else None
-    split = make_splits(manifest, cfg.split, target)
+    targets = cfg.data.targets if args.task == "classification" else None
+    split = make_splits(manifest, cfg.split, targets)
+    check_unlabeled_pool(cfg, split)
     write_json_atomic(cli.data_dir(args.task, "splits.json"), split)
     print(f"split {args.task}: {split['counts']}")
 

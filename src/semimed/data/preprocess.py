@@ -1,12 +1,14 @@
 """MONAI preprocessing chains: ingested files -> arrays on disk + a manifest (preprocess stage).
 
-Classification writes one `images.npy` of shape (N, 1, S, S) float32 in [0, 1] (a single
-file, not N tiny DVC-tracked files) and `manifest.json` whose `records` follow the row order
-of `images.npy`, with integer labels per task.
+Classification writes one `images.npy` of shape (N, C, S, S) float32 in [0, 1] (C =
+`preprocess.channels`; 3D MedMNIST: (N, 1, S, S, S)) -- a single file, not N tiny
+DVC-tracked files -- and `manifest.json` whose `records` follow the row order of
+`images.npy`, with integer labels per target (null = unknown; a null record = unlabeled).
 
 Segmentation writes `<id>_image.npy` (1, X, Y, Z) float32 in [0, 1] and `<id>_label.npy`
-(1, X, Y, Z) uint8 per case, resampled to the target spacing in RAS orientation and cropped
-to the body, plus `manifest.json` with the spacing (mm) and shape of every case.
+(1, X, Y, Z) uint8 per labeled case, resampled to the target spacing in RAS orientation and
+cropped to the body, plus `manifest.json` with the spacing (mm), shape and present classes of
+every case (`labeled: false` for volumes without labels: image only).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from monai.transforms import (
     CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
+    Lambdad,
     LoadImaged,
     Orientationd,
     Resized,
@@ -31,28 +34,67 @@ from semimed.config import ConfigError, TaskConfig
 from semimed.io import atomic_dir, write_json_atomic
 
 
-def classification_chain(image_size: int) -> Compose:
-    """PNG frame -> (1, S, S) float32 in [0, 1]. `reverse_indexing=False` keeps rows as rows."""
+def _grayscale(im):
+    return im.convert("L")
+
+
+def _rgb(im):
+    return im.convert("RGB")
+
+
+def classification_chain(image_size: int, channels: int = 1) -> Compose:
+    """Image file (PNG, JPEG, ...) -> (C, S, S) float32 in [0, 1], C = `channels` (PIL converts
+    colour to grayscale or grayscale to RGB). `reverse_indexing=False` keeps rows as rows."""
+    reader = PILReader(converter=_grayscale if channels == 1 else _rgb, reverse_indexing=False)
     return Compose(
         [
-            LoadImaged("image", reader=PILReader(reverse_indexing=False), image_only=True),
-            EnsureChannelFirstd("image", channel_dim="no_channel"),
-            ScaleIntensityRanged("image", a_min=0, a_max=255, b_min=0.0, b_max=1.0, clip=True),
-            Resized("image", spatial_size=(image_size, image_size), mode="area"),
-            EnsureTyped("image", data_type="numpy", dtype=np.float32, track_meta=False),
+            LoadImaged("image", reader=reader, image_only=True),
+            EnsureChannelFirstd("image", channel_dim="no_channel" if channels == 1 else -1),
+            *_scale_and_resize((image_size, image_size)),
         ]
     )
 
 
-def segmentation_chain(spacing, window) -> Compose:
-    """NIfTI image + label -> RAS, resampled to `spacing` mm, HU window -> [0, 1], body crop."""
-    keys = ["image", "label"]
+def _scale_and_resize(size) -> list:
+    return [
+        ScaleIntensityRanged("image", a_min=0, a_max=255, b_min=0.0, b_max=1.0, clip=True),
+        Resized("image", spatial_size=size, mode="area"),
+        EnsureTyped("image", data_type="numpy", dtype=np.float32, track_meta=False),
+    ]
+
+
+def array_chain(image_size: int, channels: int, layout: str) -> Compose:
+    """A MedMNIST uint8 array -> (C, S, S) or (1, S, S, S) float32 in [0, 1]."""
+    if layout == "3d":
+        return Compose(_scale_and_resize((image_size,) * 3))
+    return Compose(
+        [Lambdad("image", _to_channels(channels)), *_scale_and_resize((image_size,) * 2)]
+    )
+
+
+def _to_channels(channels: int):
+    """(C, H, W) array with C = 1 or 3 -> `channels` (ITU-R 601 luma, as PIL's "L")."""
+
+    def convert(x):
+        if x.shape[0] == channels:
+            return x
+        if channels == 3:
+            return np.repeat(x, 3, axis=0)
+        return (x[:1] * 0.299 + x[1:2] * 0.587 + x[2:3] * 0.114).astype(np.float32)
+
+    return convert
+
+
+def segmentation_chain(spacing, window, labeled: bool = True) -> Compose:
+    """NIfTI image (+ label) -> RAS, resampled to `spacing` mm, HU window -> [0, 1], body crop."""
+    keys = ["image", "label"] if labeled else ["image"]
+    modes = ("bilinear", "nearest")[: len(keys)]
     return Compose(
         [
             LoadImaged(keys, image_only=True),
             EnsureChannelFirstd(keys),
             Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-            Spacingd(keys, pixdim=spacing, mode=("bilinear", "nearest")),
+            Spacingd(keys, pixdim=spacing, mode=modes),
             ScaleIntensityRanged(
                 "image", a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True
             ),
@@ -85,39 +127,68 @@ def preprocess(cfg: TaskConfig, in_dir: Path, out_dir: Path) -> dict:
 
 
 def _preprocess_classification(cfg: TaskConfig, manifest: dict, tmp: Path) -> dict:
-    chain = classification_chain(cfg.preprocess.image_size)
-    images, records = [], []
+    p = cfg.preprocess
+    chain = classification_chain(p.image_size, p.channels)
+    arrays, images, records = {}, [], []
     for rec in manifest["records"]:
-        images.append(chain({"image": rec["image"]})["image"])
-        labels = {t: manifest["classes"][t].index(name) for t, name in rec["labels"].items()}
-        records.append({"id": rec["id"], "group": rec["group"], "labels": labels})
+        if "array" in rec:  # MedMNIST: a row of an npz array, channel first
+            if rec["image"] not in arrays:
+                with np.load(rec["image"]) as z:
+                    arrays[rec["image"]] = {k: z[k] for k in z.files}
+            x = arrays[rec["image"]][rec["array"]][rec["row"]]
+            layout = "2d" if x.ndim == 2 else ("2d-rgb" if x.shape[-1] == 3 else "3d")
+            if layout == "3d" and p.channels != 1:
+                raise ConfigError(
+                    f"classification.preprocess.channels: 3D volumes need 1; got {p.channels}"
+                )
+            x = np.moveaxis(x, -1, 0) if layout == "2d-rgb" else x[None]
+            images.append(
+                array_chain(p.image_size, p.channels, layout)({"image": x.astype(np.float32)})[
+                    "image"
+                ]
+            )
+        else:
+            images.append(chain({"image": rec["image"]})["image"])
+        labels = rec["labels"] and {
+            t: None if name is None else manifest["classes"][t].index(name)
+            for t, name in rec["labels"].items()
+        }
+        out = {"id": rec["id"], "group": rec["group"], "labels": labels}
+        records.append(out | ({"split": rec["split"]} if "split" in rec else {}))
     np.save(tmp / "images.npy", np.stack(images).astype(np.float32))
     return {"task": "classification", "classes": manifest["classes"], "records": records}
 
 
 def _preprocess_segmentation(cfg: TaskConfig, manifest: dict, tmp: Path) -> dict:
     spacing = tuple(cfg.preprocess.spacing)
-    chain = segmentation_chain(spacing, cfg.preprocess.window)
+    chains = {
+        flag: segmentation_chain(spacing, cfg.preprocess.window, flag) for flag in (True, False)
+    }
     num_classes = len(manifest["classes"])
     records = []
     for rec in manifest["records"]:
-        out = chain({"image": rec["image"], "label": rec["label"]})
-        image, label = out["image"].astype(np.float32), np.rint(out["label"]).astype(np.uint8)
-        if label.max() >= num_classes:
-            raise ConfigError(
-                f"{rec['label']}: label value {int(label.max())} outside the declared classes "
-                f"0..{num_classes - 1}"
-            )
+        labeled = rec["label"] is not None
+        out = chains[labeled]({"image": rec["image"], "label": rec["label"]})
+        image = out["image"].astype(np.float32)
         np.save(tmp / f"{rec['id']}_image.npy", image)
-        np.save(tmp / f"{rec['id']}_label.npy", label)
-        records.append(
-            {
-                "id": rec["id"],
-                "group": rec["group"],
-                "shape": list(image.shape[1:]),
-                "present": [int(c) for c in np.unique(label)],  # classes in this volume
-            }
-        )
+        present = []
+        if labeled:
+            label = np.rint(out["label"]).astype(np.uint8)
+            if label.max() >= num_classes:
+                raise ConfigError(
+                    f"{rec['label']}: label value {int(label.max())} outside the declared "
+                    f"classes 0..{num_classes - 1}"
+                )
+            np.save(tmp / f"{rec['id']}_label.npy", label)
+            present = [int(c) for c in np.unique(label)]  # classes in this volume
+        out = {
+            "id": rec["id"],
+            "group": rec["group"],
+            "shape": list(image.shape[1:]),
+            "present": present,
+            "labeled": labeled,
+        }
+        records.append(out | ({"split": rec["split"]} if "split" in rec else {}))
     return {
         "task": "segmentation",
         "classes": manifest["classes"],

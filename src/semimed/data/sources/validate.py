@@ -1,0 +1,201 @@
+"""Checks every source runs at ingest, before anything is written.
+
+Each failed check raises `IngestError` with one line naming the file, row or key and what
+was expected; the ingest stage then exits non-zero and its temporary folder is removed, so
+no partial output is left behind. Oddities that are legal but worth a look (resampling far
+from the native spacing, intensities unlike CT under a CT window) are collected as warnings:
+printed by the stage and kept in the manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from semimed.config import ConfigError
+
+SPLITS = ("train", "train_labeled", "train_unlabeled", "val", "test")
+
+
+class IngestError(ConfigError):
+    """Bad input data; the message names the file or key and what was expected."""
+
+
+@dataclass
+class Index:
+    """What a source reader returns: class names (classification: per target) and records
+    (see `semimed.data.sources`), plus warnings for the user."""
+
+    classes: dict | list
+    records: list[dict]
+    warnings: list[str] = field(default_factory=list)
+
+
+def require_dir(path: Path, key: str) -> Path:
+    if not Path(path).is_dir():
+        raise IngestError(f"{key}: folder {str(path)!r} not found")
+    return Path(path)
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not Path(path).is_file():
+        raise IngestError(f"{path}: file not found ({what})")
+    return Path(path)
+
+
+def read_csv(path: Path, columns: Iterable[str], key: str) -> list[dict]:
+    """Rows of CSV `path`; every name in `columns` must be a column (`key` names the param)."""
+    require_file(path, key)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        rows = list(reader)
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise IngestError(
+            f"{path}: missing column {missing[0]!r} ({key}); columns are: {', '.join(header)}"
+        )
+    if not rows:
+        raise IngestError(f"{path}: no data rows")
+    return rows
+
+
+def group_of(item_id: str, pattern: str, default: str | None = None) -> str:
+    """Patient id of `item_id`: the first group of `pattern`, else `default` or the id."""
+    if not pattern:
+        return default or item_id
+    m = re.search(pattern, item_id)
+    if m is None or m.group(1) is None:
+        raise IngestError(f"data.group_regex: {pattern!r} does not match id {item_id!r}")
+    return m.group(1)
+
+
+def check_image(path: Path) -> None:
+    """A 2D image PIL can decode in full (a truncated PNG/JPEG fails here, not in training)."""
+    from PIL import Image
+
+    require_file(path, "listed image")
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as err:
+        raise IngestError(f"{path}: unreadable or truncated image ({err})") from None
+
+
+def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """(array, affine, spacing) of a 3D NIfTI, fully decoded (truncated gzip fails here)."""
+    import nibabel as nib
+
+    require_file(path, "listed volume")
+    try:
+        img = nib.load(str(path))
+        arr = np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise IngestError(
+            f"{path}: unreadable or corrupt NIfTI ({err.__class__.__name__})"
+        ) from None
+    if arr.ndim != 3:
+        raise IngestError(f"{path}: expected a 3D volume; got shape {tuple(arr.shape)}")
+    return arr, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def check_label_values(path: Path, label: np.ndarray, classes: list[str]) -> list[int]:
+    """Integer label values within 0..C-1; returns the values present."""
+    values = np.unique(label)
+    if not np.all(np.mod(values, 1) == 0):
+        raise IngestError(f"{path}: label map has non-integer values; expected class indices")
+    bad = [int(v) for v in values if v < 0 or v >= len(classes)]
+    if bad:
+        raise IngestError(
+            f"{path}: label value {bad[0]} outside the declared classes 0..{len(classes) - 1} "
+            f"({', '.join(classes)})"
+        )
+    return [int(v) for v in values]
+
+
+def check_pair(image_path: Path, label_path: Path, classes: list[str]) -> tuple:
+    """Image and label volumes of the same shape and affine; returns (image, spacing, present)."""
+    image, affine, spacing = load_nifti(image_path)
+    label, label_affine, _ = load_nifti(label_path)
+    if image.shape != label.shape:
+        raise IngestError(
+            f"{label_path}: shape {tuple(label.shape)} differs from its image "
+            f"{image_path} {tuple(image.shape)}"
+        )
+    if not np.allclose(affine, label_affine, atol=1e-3):
+        raise IngestError(
+            f"{label_path}: affine differs from its image {image_path} (voxel grids must match)"
+        )
+    return image, spacing, check_label_values(label_path, label, classes)
+
+
+def volume_warnings(path: Path, image: np.ndarray, spacing, target, window) -> list[str]:
+    """Legal but suspicious: resampling by more than 2x, or intensities unlike CT (HU)."""
+    out = []
+    ratio = np.asarray(spacing, dtype=float) / np.asarray(target, dtype=float)
+    if np.any(ratio > 2) or np.any(ratio < 0.5):
+        out.append(
+            f"{path}: spacing {tuple(round(s, 2) for s in spacing)} mm is far from "
+            f"preprocess.spacing {tuple(target)} (resampled by up to {max(ratio.max(), 1 / ratio.min()):.1f}x)"
+        )
+    lo, hi = float(np.min(image)), float(np.max(image))
+    if lo > -200 or hi < 100:
+        out.append(
+            f"{path}: intensities span [{lo:g}, {hi:g}], unlike CT in HU; "
+            f"preprocess.window {list(window)} assumes HU (set it to this modality's range)"
+        )
+    return out
+
+
+def check_unique_ids(records: list[dict], where: str) -> None:
+    first: dict[str, str] = {}
+    for rec in records:
+        if rec["id"] in first:
+            raise IngestError(
+                f"{where}: duplicated id {rec['id']!r} ({first[rec['id']]} and {rec['image']}); "
+                "ids must be unique"
+            )
+        first[rec["id"]] = str(rec["image"])
+
+
+def check_split_groups(records: list[dict], where: str) -> None:
+    """No patient in two of train / val / test of a source's own split."""
+    owner: dict[str, tuple[str, str]] = {}
+    for rec in records:
+        part = rec.get("split")
+        if part is None:
+            continue
+        if part not in SPLITS:
+            raise IngestError(
+                f"{where}: item {rec['id']!r} has split {part!r}; expected train, val or test"
+            )
+        part = "train" if part.startswith("train") else part
+        other = owner.setdefault(rec["group"], (part, rec["id"]))
+        if other[0] != part:
+            raise IngestError(
+                f"{where}: patient {rec['group']!r} falls in two splits: {other[1]!r} in "
+                f"{other[0]} and {rec['id']!r} in {part}"
+            )
+
+
+def check_targets(classes: dict, targets, source: str) -> None:
+    """Every `classification.data.targets` name is a label of the source."""
+    for t in targets:
+        if t not in classes:
+            raise IngestError(
+                f"classification.data.targets: {t!r} is not a label of source {source} "
+                f"(it has: {', '.join(classes)})"
+            )
+
+
+def sorted_names(values) -> list[str]:
+    """Class names in a stable order: numeric when every name is an integer."""
+    names = sorted(set(values))
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        names.sort(key=int)
+    return names
