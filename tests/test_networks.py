@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semimed.networks import LWN_BLOCKS, NETWORKS, build_network, haar_dwt, reparameterize
+from semimed.networks import (
+    CLASSIFIERS_3D,
+    LWN_BLOCKS,
+    NETWORKS,
+    build_network,
+    haar_dwt,
+    reparameterize,
+)
 
 # Per classification network: stage widths (ignored by some) and the smallest input side it
 # takes here (densenet121 keeps ImageNet's /32 layout).
@@ -172,13 +179,55 @@ def test_unknown_network_lists_choices():
     assert set(NETWORKS) == {"cnn", "lwn", "resnet18", "densenet121", "unet", "vnet", "dynunet"}
 
 
+def test_lwn_rejects_3d_naming_the_param():
+    with pytest.raises(ValueError, match="^classification.network.name: lwn is 2D only") as err:
+        build_network("lwn", spatial_dims=3, in_channels=1, num_classes=2, channels=(4,), dropout=0)
+    assert "cnn, resnet18, densenet121" in str(err.value) and "\n" not in str(err.value)
+    assert set(CLASSIFIERS_3D) == set(CLASSIFIERS) - {"lwn"}
+
+
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
-def test_2d_only_nets_reject_3d(name):
-    with pytest.raises(ValueError, match=f"'{name}' is 2D only") as err:
-        build_network(
-            name, spatial_dims=3, in_channels=1, num_classes=2, channels=(4,), dropout=0.0
-        )
-    assert "\n" not in str(err.value)
+def test_classifiers_reject_bad_dims_and_channels(name):
+    with pytest.raises(ValueError, match="spatial_dims 2 or 3"):
+        build_network(name, spatial_dims=1, in_channels=1, num_classes=2, channels=(4,), dropout=0)
+    with pytest.raises(ValueError, match="in_channels must be >= 1"):
+        _classifier(name, channels=CLASSIFIERS[name][0], in_channels=0)
+
+
+# Fingerprints of freshly built 2D 3-channel networks after torch.manual_seed(0), recorded
+# before 3D support: (sum of all state tensors, sum weighted by a ramp, number of tensors).
+INIT_2D = {
+    "cnn": (91.00094616300703, 0.715532234539347, 26),
+    "lwn": (1391.7072374324416, -1.1531577254886183, 374),
+    "resnet18": (9557.282685776872, -124.27254414627424, 122),
+    "densenet121": (83325.56979715364, -40.402604023574526, 727),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_2d_networks_are_built_as_before(name):
+    # Same modules, parameter names and initialisation draws: 2D runs reproduce.
+    torch.manual_seed(0)
+    channels = (4, 8, 8, 12) if name == "lwn" else (8, 16) if name == "cnn" else (8,)
+    state = _classifier(name, channels=channels, in_channels=3).state_dict()
+    total = sum(v.double().sum().item() for v in state.values())
+    ramp = sum(
+        (v.double().flatten() * torch.linspace(-1, 1, v.numel(), dtype=torch.float64)).sum().item()
+        for v in state.values()
+    )
+    expected = INIT_2D[name]
+    assert len(state) == expected[2]
+    assert total == pytest.approx(expected[0], rel=1e-9)
+    assert ramp == pytest.approx(expected[1], abs=1e-6)
+    first = {"cnn": "backbone.0.weight", "lwn": "backbone.0.mix.0.weight"}
+    first |= {"resnet18": "backbone.0.conv1.weight", "densenet121": "backbone.0.conv0.weight"}
+    assert next(iter(state)) == first[name]
+
+
+def test_densenet121_names_the_minimum_size():
+    net = _classifier("densenet121")
+    with pytest.raises(ValueError, match="densenet121 needs inputs of at least 32 per side"):
+        net(torch.rand(2, 1, 28, 28))
 
 
 @pytest.mark.parametrize("channels", [(8, 16), (4, 8, 16, 32, 64), (4, 8, 0, 16)])

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import TINY, merge
@@ -146,3 +147,41 @@ def test_bad_params_stop_a_stage_with_one_line(tmp_path):
         "got 'adamx'"
     )
     assert not (tmp_path / "data").exists()
+
+
+def test_user_data_tracked_with_dvc_add_runs_the_dag(repo):
+    """Users' data under user_data/, `dvc add`-ed, selected with `dvc exp run -S`; editing a
+    file under data.root re-runs ingest."""
+    import source_fixtures as fx
+
+    repo, env = repo
+    folders = fx.image_folder(repo / "user_data/classification/folders")
+    fx.nifti(repo / "user_data/segmentation/ct")
+    _run(["dvc", "add", "user_data/classification/folders", "user_data/segmentation/ct"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "user data"], repo, env)
+    sets = {
+        "classification.data.source": "image_folder",
+        "classification.data.root": "user_data/classification/folders",
+        "classification.data.targets": "[label]",
+        "classification.data.group_regex": "'^([PU]\\d+)_'",
+        "classification.split.labeled_percent": "50",
+        "classification.split.val_percent": "25",
+        "segmentation.data.source": "nifti",
+        "segmentation.data.root": "user_data/segmentation/ct",
+    }
+    args = [a for k, v in sets.items() for a in ("-S", f"{k}={v}")]
+    out = _run(["dvc", "exp", "run", "-n", "user", *args], repo, env)
+    assert "Running stage 'ingest_classification'" in out
+    assert "Running stage 'ingest_segmentation'" in out
+    ingested = json.loads((repo / "data/segmentation/ingested/manifest.json").read_text())
+    assert ingested["source"] == "nifti" and ingested["classes"][1] == "liver"
+    split = json.loads((repo / "data/classification/splits.json").read_text())
+    assert len(split["unlabeled_only"]) == 5
+    for task, m in (("classification", "fixmatch"), ("segmentation", "mean_teacher")):
+        assert (repo / f"metrics/{task}/{m}/seed0.json").is_file()
+    # a changed image under data.root is a changed dependency of ingest
+    fx.save_image(folders / "benign" / "P000_0.png", fx._image(np.random.default_rng(9), 1))
+    _run(["dvc", "add", "user_data/classification/folders"], repo, env)
+    status = _run(["dvc", "status"], repo, env)
+    assert "ingest_classification" in status and "ingest_segmentation" not in status

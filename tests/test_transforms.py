@@ -225,3 +225,22 @@ def test_echo_views_and_perturb_stay_on_cuda():
         assert y.device == x.device and y.shape == x.shape and 0 <= y.min() <= y.max() <= 1
     for kind in PERTURBATIONS:  # the same corruption as on the CPU
         assert torch.allclose(perturb(x, kind, 0.5).cpu(), perturb(x.cpu(), kind, 0.5), atol=1e-5)
+
+
+# Grey 2D views, recorded before colour and volume inputs were supported: per call (two
+# calls, the second continuing the random stream), the sum of the output and its sum
+# weighted by fixed uniforms. Every grey 2D run drew these; they must not move.
+GREY_2D_VIEWS = {
+    "weak": [(2083.599343322334, 1049.9524895466755), (2103.2700863885693, 1058.0345855749727)],
+    "strong": [(2043.337803145987, 1024.8831811893108), (1819.9410800297399, 914.8902254342131)],
+}
+
+
+@pytest.mark.parametrize("view", GREY_2D_VIEWS)
+def test_grey_2d_views_draw_as_before(view):
+    x = _echo_like(8, 24)
+    t = seed_transform({"weak": weak_augment, "strong": strong_augment}[view]("classification"), 7)
+    for expected in GREY_2D_VIEWS[view]:
+        y = t({"image": x})["image"].double()
+        w = torch.rand(y.shape, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+        assert (y.sum().item(), (y * w).sum().item()) == pytest.approx(expected, abs=1e-6)

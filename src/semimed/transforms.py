@@ -12,11 +12,22 @@ cost (~3 ms for 96 images).
 Randomness comes from the transform's own `numpy.random.RandomState` (`self.R`), seeded by
 the training loop, so runs are reproducible.
 
+Classification views read the input kind from the batch at each call (`input_kind`), so the
+same `weak_augment` / `strong_augment` serve every data set; an image's channels always get
+the same geometry, and intensity changes are drawn per image:
+
+| input | weak view | strong view: the weak warp (own draw), then `BatchRandSomeOfd` of |
+| --- | --- | --- |
+| grey 2D (B, 1, H, W): echo, grey MedMNIST | rotate 15 deg, shift 8 %, zoom 10 %; no flips | echo ops: noise in-painting, local shuffle, cutout, signal dropout, brightness, blur |
+| colour 2D (B, C>1, H, W): ISIC, Derma/BloodMNIST | as grey (`flip=0.5` for orientation-free images) | colour ops: the echo ops less signal dropout, plus colour jitter (saturation, per-channel gain) |
+| volume (B, C, D, H, W): MedMNIST 3D | as grey, rotating in the (H, W) plane only | volume ops: in-painting, local shuffle and cutout with cubic boxes, contrast, brightness, blur, Gaussian noise |
+
 Echo strong view (seed 000, the lightweight TMED-2 SSL model): noise in-painting, local pixel
 shuffle, cutout, ultrasound signal dropout, brightness and Gaussian blur, of which each image
 gets a random subset (`BatchRandSomeOfd`). Each operation draws its parameters (`randomize`)
 apart from applying them (`apply`); `perturb` calls the same code at a fixed strength for the
-robustness sweep.
+robustness sweep. The grey 2D views draw exactly what they drew before colour and volume
+inputs were supported.
 """
 
 from __future__ import annotations
@@ -35,18 +46,23 @@ MAX_SEED = 2**31 - 1
 
 
 class BatchRandAffined(Randomizable, MapTransform):
-    """Random rotation, scaling, translation and left-right flip, independently per image.
+    """Random rotation, scaling, translation and flips, independently per image.
 
     Args:
         keys: batch keys to warp with the same per-sample matrix; keys in `label_keys` use
             nearest-neighbour sampling (segmentation maps), the others bilinear.
-        rotate: max rotation, radians (2D: in-plane; 3D: about the last axis only, since
-            CT/MR slices keep their orientation).
+        rotate: max rotation, radians (2D: in-plane; 3D: in the plane of the last two axes
+            only, about the first spatial axis: for (B, C, D, H, W) volumes the roll of a
+            patient lying on the table, while the slice axis keeps its orientation).
         translate: max shift as a fraction of the image side.
         scale: max relative zoom (0.1 -> factor in [0.9, 1.1]).
         prob: probability that an image is rotated/zoomed/shifted at all.
-        hflip: probability of mirroring an image left-right (independent of `prob`).
-    Shapes: images (B, C, H, W) or (B, C, H, W, D); output has the same shape and dtype.
+        hflip: probability of mirroring an image along its last axis (left-right; independent
+            of `prob`).
+        flip: probability of mirroring along each spatial axis, independently (after `hflip`),
+            for images with no canonical orientation (dermoscopy, blood smears).
+    Shapes: images (B, C, H, W) or (B, C, D, H, W); output has the same shape and dtype.
+    All channels of an image get the same warp.
     """
 
     def __init__(
@@ -58,10 +74,11 @@ class BatchRandAffined(Randomizable, MapTransform):
         prob: float = 1.0,
         label_keys: Sequence[Hashable] = (),
         hflip: float = 0.0,
+        flip: float = 0.0,
     ):
         MapTransform.__init__(self, keys)
         self.rotate, self.translate, self.scale, self.prob = rotate, translate, scale, prob
-        self.label_keys, self.hflip = set(label_keys), hflip
+        self.label_keys, self.hflip, self.flip = set(label_keys), hflip, flip
 
     def randomize(self, batch: int, dims: int) -> np.ndarray:
         """Draw (B, dims, dims+1) affine matrices in normalised coordinates."""
@@ -80,6 +97,8 @@ class BatchRandAffined(Randomizable, MapTransform):
             theta[b, :, :dims] = rot
         if self.hflip > 0:  # drawn last: without flips the random stream is unchanged
             theta[self.R.uniform(size=batch) < self.hflip, :, 0] *= -1  # x_in = -x_out
+        if self.flip > 0:
+            theta[:, :, :dims] *= np.where(self.R.uniform(size=(batch, 1, dims)) < self.flip, -1, 1)
         return theta
 
     def __call__(self, data: Mapping) -> dict:
@@ -109,6 +128,11 @@ def _add_noise(x: torch.Tensor, sigma, gen: torch.Generator) -> torch.Tensor:
     """x + sigma * N(0, 1), the noise drawn from `gen` (on its own device) in x's shape."""
     noise = torch.randn(x.shape, generator=gen, device=gen.device).to(x.device)
     return x + noise * sigma
+
+
+def _centre_of(x: torch.Tensor) -> torch.Tensor:
+    """Mean of each image over channels and space, (B, 1, ..., 1)."""
+    return x.mean(tuple(range(1, x.ndim)), keepdim=True)
 
 
 def _scale_intensity(x: torch.Tensor, factor, centre) -> torch.Tensor:
@@ -246,6 +270,17 @@ def _shift_bank(sides: tuple[int, ...], width: int, device) -> torch.Tensor:
     return _SHIFT_BANKS[key]
 
 
+def _window_axis(n: int, offset: torch.Tensor, win: torch.Tensor, count: int):
+    """Along one axis of n px, for grids of windows of side win (B, 1) starting offset (B,)
+    px before the image start: each pixel's window index (`count` for windows cut by the
+    border) and its slot inside the window, both (B, n)."""
+    pos = torch.arange(n, device=win.device) + offset[:, None]  # grid coordinate
+    tile, inner = pos // win, pos % win
+    start = pos - inner - offset[:, None]  # window start in image coordinates
+    whole = (start >= 0) & (start + win <= n)
+    return torch.where(whole, tile, count), inner
+
+
 def _shuffle_windows(x, window, offset, fraction, gen: torch.Generator) -> torch.Tensor:
     """Permute the pixels inside square windows of each image (B, C, H, W).
 
@@ -260,16 +295,8 @@ def _shuffle_windows(x, window, offset, fraction, gen: torch.Generator) -> torch
     win = torch.as_tensor(window, device=dev)[:, None]
     off = torch.as_tensor(offset, device=dev)
     count = (max(h, w) + max(sides)) // min(sides) + 1  # > windows per axis of any image
-
-    def axis(n, o):  # window index (windows cut by the border -> `count`) and slot: (B, n)
-        pos = torch.arange(n, device=dev) + o[:, None]  # grid coordinate
-        tile, inner = pos // win, pos % win
-        start = pos - inner - o[:, None]  # window start in image coordinates
-        whole = (start >= 0) & (start + win <= n)
-        return torch.where(whole, tile, count), inner
-
-    ty, iy = axis(h, off[:, 0])
-    tx, ix = axis(w, off[:, 1])
+    ty, iy = _window_axis(h, off[:, 0], win, count)
+    tx, ix = _window_axis(w, off[:, 1], win, count)
     # Per window: a row of the shift bank (0 = not shuffled). One uniform decides both
     # whether (below `fraction`) and which permutation (u / fraction).
     u = torch.rand(b, (count + 1) ** 2, generator=gen, device=gen.device).to(dev)
@@ -289,6 +316,69 @@ def _shuffle_windows(x, window, offset, fraction, gen: torch.Generator) -> torch
     return flat.gather(2, index[:, None].expand(b, c, h * w)).view_as(x)
 
 
+_CUBE_BANKS: dict = {}
+
+
+def _cube_shift_bank(side: int, spatial: tuple[int, ...]) -> torch.Tensor:
+    """`_shift_bank` for cubic windows of side `side` in volumes of shape `spatial`: row 0 is
+    zero (no move), row 1 + j the flat offsets of the j-th fixed random permutation; shape
+    (1 + _BANK, side ** len(spatial)), int64, on the CPU."""
+    key = (side, spatial)
+    if key not in _CUBE_BANKS:
+        k = len(spatial)
+        strides = torch.tensor([math.prod(spatial[a + 1 :]) for a in range(k)])
+        slots = torch.cartesian_prod(*[torch.arange(side)] * k).view(side**k, k)
+        offset = (slots * strides).sum(-1)  # flat offset of each slot from the window start
+        gen = torch.Generator().manual_seed(0)
+        source = torch.rand(_BANK, side**k, generator=gen).argsort(1)
+        still = torch.zeros(1, side**k, dtype=torch.long)
+        _CUBE_BANKS[key] = torch.cat([still, offset[source] - offset])
+    return _CUBE_BANKS[key]
+
+
+def _shuffle_windows_nd(x, window, offset, fraction, gen: torch.Generator) -> torch.Tensor:
+    """`_shuffle_windows` for any number of spatial axes (volumes (B, C, D, H, W)): cubic
+    windows of side window[b] on a grid offset by offset[b] (B, spatial dims); a fraction[b]
+    of the whole windows (drawn from `gen`) get one of _BANK fixed random permutations,
+    shared by the channels. Images are processed in groups of equal window side.
+
+    As in 2D, each voxel costs two gathers: its (window, slot) key picks the flat offset to
+    its source voxel from a per-window table of bank rows, then its value is fetched.
+    """
+    b, c, *spatial = x.shape
+    dev, k, size = x.device, len(spatial), math.prod(spatial)
+    out = x.clone()
+    for side in np.unique(window).tolist():
+        idx = torch.as_tensor(np.flatnonzero(window == side), device=dev)
+        n_img, slots = len(idx), side**k
+        count = max(spatial) // side + 2  # > windows per axis; index `count`: cut by the border
+        windows = (count + 1) ** k
+        win = torch.full((n_img, 1), side, device=dev)
+        off = torch.as_tensor(offset[idx.cpu().numpy()], device=dev)
+        key = torch.zeros([n_img] + [1] * k, dtype=torch.long, device=dev)
+        for a, n in enumerate(spatial):  # key = window * slots + slot, summed over the axes
+            tile, inner = _window_axis(n, off[:, a], win, count)
+            view = [n_img] + [1] * k
+            view[1 + a] = n
+            part = tile * (count + 1) ** (k - 1 - a) * slots + inner * side ** (k - 1 - a)
+            key = key + part.view(view)
+        tiles = torch.cartesian_prod(*[torch.arange(count + 1)] * k).view(windows, k)
+        # As in 2D, one uniform per window decides whether (below `fraction`) and which of
+        # _BANK fixed permutations it gets.
+        u = torch.rand(n_img, windows, generator=gen, device=gen.device).cpu()
+        frac = torch.as_tensor(fraction[idx.cpu().numpy()], dtype=torch.float32)[:, None]
+        moved = (u < frac) & (tiles < count).all(-1)  # (n_img, windows), whole windows only
+        pick = (u / frac.clamp_min(1e-9) * _BANK).long().clamp(max=_BANK - 1)
+        row = torch.where(moved, 1 + pick, 0)
+        shift = _cube_shift_bank(side, tuple(spatial))[row].to(dev)  # (n_img, windows, slots)
+        index = torch.arange(size, device=dev) + shift.view(n_img, -1).gather(
+            1, key.expand(n_img, *spatial).reshape(n_img, -1)
+        )
+        sub = x[idx].reshape(n_img, c, size)
+        out[idx] = sub.gather(2, index[:, None].expand(n_img, c, size)).view(n_img, c, *spatial)
+    return out
+
+
 def _sector_gain(x, centre, half_width, start, residual) -> torch.Tensor:
     """(B, 1, H, W) gain that attenuates to `residual` the angular sector centre +- half_width
     (rad, 0 = straight down) of a fan with its apex at the top centre, from depth `start`
@@ -305,8 +395,8 @@ def _sector_gain(x, centre, half_width, start, residual) -> torch.Tensor:
 
 
 class _BatchRandOpd(Randomizable, MapTransform):
-    """Base of the echo operations: each image of a batch (B, C, H, W) is changed with
-    probability `prob`, with its own parameters.
+    """Base of the strong-view operations: each image of a batch (B, C, H, W[, D]) is changed
+    with probability `prob`, with its own parameters (shared by its channels).
 
     Subclasses draw parameters for every image (`randomize`: arrays whose first axis is B,
     drawn whether or not the image is selected, so the draws do not depend on the selection)
@@ -400,10 +490,12 @@ class BatchRandLocalShuffled(_BatchRandOpd):
     `fraction` of the windows are permuted. Coarse anatomy survives; texture and thin edges
     (leaflets) are scrambled within a few pixels.
 
+    Models Genesis shuffles 3D CT sub-volumes; volumes get cubic windows here.
+
     Args:
-        window: (min, max) window side, pixels (inclusive).
+        window: (min, max) window side, pixels/voxels (inclusive).
         fraction: share of the windows that are shuffled.
-    Shapes: (B, C, H, W), 2D only.
+    Shapes: (B, C, H, W[, D]); the channels of a pixel move together.
     """
 
     def __init__(self, keys: Sequence[Hashable], window=(2, 4), fraction=0.5, prob=0.5):
@@ -413,11 +505,12 @@ class BatchRandLocalShuffled(_BatchRandOpd):
     def randomize(self, x):
         b = x.shape[0]
         window = self.R.randint(self.window[0], self.window[1] + 1, b)
-        offset = (self.R.uniform(size=(b, 2)) * window[:, None]).astype(int)
+        offset = (self.R.uniform(size=(b, x.ndim - 2)) * window[:, None]).astype(int)
         return {"window": window, "offset": offset, "fraction": np.full(b, self.fraction)}
 
     def apply(self, x, params, gen):
-        return _shuffle_windows(x, params["window"], params["offset"], params["fraction"], gen)
+        shuffle = _shuffle_windows if x.ndim == 4 else _shuffle_windows_nd  # 2D: the fast bank
+        return shuffle(x, params["window"], params["offset"], params["fraction"], gen)
 
 
 class BatchRandSignalDropoutd(_BatchRandOpd):
@@ -481,6 +574,64 @@ class BatchRandGaussianBlurd(_BatchRandOpd):
         return _blur_per_sample(x, params["sigma"])
 
 
+class BatchRandContrastd(BatchRandBrightnessd):
+    """Contrast: each image is scaled by U(1 - c, 1 + c) about its own mean (not about 0 as
+    the gain is) and clipped to [0, 1] (CT/MR window width, exposure).
+    Shapes: (B, C, H, W[, D])."""
+
+    def __init__(self, keys: Sequence[Hashable], contrast: float = 0.4, prob: float = 0.5):
+        super().__init__(keys, brightness=contrast, prob=prob)  # the same factor draw
+
+    def apply(self, x, params, gen):
+        return _scale_intensity(x, _per_image(params["factor"], x), _centre_of(x))
+
+
+class BatchRandGaussianNoised(_BatchRandOpd):
+    """Additive Gaussian noise with sigma ~ U(0, noise) per image, clipped to [0, 1] (scanner
+    noise; independent per pixel and channel). Shapes: (B, C, H, W[, D])."""
+
+    def __init__(self, keys: Sequence[Hashable], noise: float = 0.1, prob: float = 0.5):
+        super().__init__(keys, prob)
+        self.noise = noise
+
+    def randomize(self, x):
+        return {"sigma": self.R.uniform(0, self.noise, x.shape[0])}
+
+    def apply(self, x, params, gen):
+        return _add_noise(x, _per_image(params["sigma"], x), gen).clamp(0, 1)
+
+
+# ITU-R BT.601 luma weights: the grey an RGB image is desaturated towards.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class BatchRandColourd(_BatchRandOpd):
+    """Colour jitter for colour images (dermoscopy, stained smears): saturation ~ U(1 - s,
+    1 + s) about the image's own grey (luma for RGB, the channel mean otherwise), then a
+    colour cast, a gain ~ U(1 - g, 1 + g) per channel (white balance, stain strength);
+    clipped to [0, 1]. Brightness and contrast are separate operations.
+    Shapes: (B, C, H, W[, D]), C > 1 (a one-channel image only gets the gain)."""
+
+    def __init__(self, keys, saturation: float = 0.3, gain: float = 0.1, prob: float = 0.5):
+        super().__init__(keys, prob)
+        self.saturation, self.gain = saturation, gain
+
+    def randomize(self, x):
+        b, c = x.shape[:2]
+        return {
+            "saturation": self.R.uniform(1 - self.saturation, 1 + self.saturation, b),
+            "gain": self.R.uniform(1 - self.gain, 1 + self.gain, (b, c)),
+        }
+
+    def apply(self, x, params, gen):
+        c = x.shape[1]
+        weights = torch.tensor(_LUMA if c == 3 else [1 / c] * c, device=x.device)
+        grey = (x * weights.view(1, c, *[1] * (x.ndim - 2))).sum(1, keepdim=True)
+        gain = torch.as_tensor(params["gain"], dtype=torch.float32, device=x.device)
+        out = _scale_intensity(x, _per_image(params["saturation"], x), grey)
+        return (out * gain.view(*gain.shape, *[1] * (x.ndim - 2))).clamp(0, 1)
+
+
 class BatchRandSomeOfd(Randomizable, MapTransform):
     """MONAI's `SomeOf`, drawn per image: with probability `prob` an image gets k ~ U{num_ops}
     distinct operations of `ops`, chosen at random and applied in list order; else none.
@@ -522,59 +673,131 @@ class BatchRandSomeOfd(Randomizable, MapTransform):
         return d
 
 
-def echo_strong_ops(keys=("image",)) -> list[_BatchRandOpd]:
-    """Seed 000's echo operations in its order, with our defaults for 48-112 px frames."""
+def _structure_ops(keys) -> list[_BatchRandOpd]:
+    """The operations that hide or scramble structure, shared by every input kind."""
     return [
         BatchRandNoiseInpaintd(keys, size=(0.2, 0.4)),
         BatchRandLocalShuffled(keys, window=(2, 4), fraction=0.5),
         BatchRandCutoutd(keys, size=0.3),
+    ]
+
+
+def echo_strong_ops(keys=("image",)) -> list[_BatchRandOpd]:
+    """Seed 000's echo operations in its order, with our defaults for 48-112 px frames."""
+    return _structure_ops(keys) + [
         BatchRandSignalDropoutd(keys, width=(0.1, 0.3), depth=(0.0, 0.5), residual=(0.0, 0.5)),
         BatchRandBrightnessd(keys, brightness=0.5),
         BatchRandGaussianBlurd(keys, sigma=(0.1, 1.5)),
     ]
 
 
-def weak_augment(task: str, keys=("image",), label_keys=()) -> Compose:
-    """Weak view. Echo frames: rotation up to 15 deg (seed 000), shift up to 8 % and zoom
-    +-10 %, which stay within how the probe is held. No flips: upside-down flips put the apex
-    at the bottom, and left-right flips swap the sides of the screen on which each chamber
-    is shown -- view-specific under the usual display convention, which the classifier
-    should be able to rely on (the synthetic set mirrors 25 % of studies, as some labs do;
-    `BatchRandAffined(hflip=...)` turns flips on there). CT patches: none beyond the random
-    crop, so that labels stay aligned."""
+def colour_strong_ops(keys=("image",)) -> list[_BatchRandOpd]:
+    """Colour 2D images (dermoscopy, blood smears): the echo operations with colour jitter
+    (as RandAugment's colour operations) in place of the ultrasound signal dropout."""
+    return _structure_ops(keys) + [
+        BatchRandColourd(keys, saturation=0.3, gain=0.1),
+        BatchRandBrightnessd(keys, brightness=0.5),
+        BatchRandGaussianBlurd(keys, sigma=(0.1, 1.5)),
+    ]
+
+
+def volume_strong_ops(keys=("image",)) -> list[_BatchRandOpd]:
+    """CT/MR volumes: the echo operations in 3D (cubic boxes and windows) less the signal
+    dropout, plus contrast (window width) and Gaussian noise; a softer gain and blur than
+    echo's, as CT intensities are calibrated (Hounsfield units) and 28^3 volumes are small."""
+    return _structure_ops(keys) + [
+        BatchRandContrastd(keys, contrast=0.4),
+        BatchRandBrightnessd(keys, brightness=0.3),
+        BatchRandGaussianBlurd(keys, sigma=(0.1, 1.0)),
+        BatchRandGaussianNoised(keys, noise=0.1),
+    ]
+
+
+def input_kind(x: torch.Tensor) -> str:
+    """"grey2d" (B, 1, H, W), "colour2d" (B, C > 1, H, W) or "volume" (B, C, D, H, W)."""
+    if x.ndim == 5:
+        return "volume"
+    if x.ndim == 4:
+        return "grey2d" if x.shape[1] == 1 else "colour2d"
+    raise ValueError(f"expected a batch (B, C, H, W) or (B, C, D, H, W), got {tuple(x.shape)}")
+
+
+# Strong-view operations per input kind (`input_kind`).
+STRONG_OPS = {
+    "grey2d": echo_strong_ops,
+    "colour2d": colour_strong_ops,
+    "volume": volume_strong_ops,
+}
+
+
+class BatchByInputKindd(Randomizable, MapTransform):
+    """Apply `by_kind[input_kind(x)]`, x the first key's batch, so one transform serves echo
+    frames, colour images and volumes; the kind is read from the tensor at each call.
+
+    Every child gets the seed this transform gets (`set_random_state`), so a child draws
+    exactly what it would draw in place of this transform: the echo view's random stream is
+    the one it had before colour and volume inputs came.
+    """
+
+    def __init__(self, keys, by_kind: Mapping[str, Randomizable]):
+        MapTransform.__init__(self, keys)
+        self.by_kind = dict(by_kind)
+
+    def set_random_state(self, seed=None, state=None) -> BatchByInputKindd:
+        super().set_random_state(seed=seed, state=state)
+        for child in self.by_kind.values():
+            child.set_random_state(seed=seed, state=state)
+        return self
+
+    def __call__(self, data: Mapping) -> dict:
+        return self.by_kind[input_kind(data[self.first_key(data)])](data)
+
+
+def _some_of(ops: list[_BatchRandOpd], keys) -> BatchRandSomeOfd:
+    return BatchRandSomeOfd(keys, ops, num_ops=(1, len(ops)), prob=0.5)
+
+
+def _classification_warp(keys, label_keys=(), flip: float = 0.0) -> BatchRandAffined:
+    return BatchRandAffined(
+        keys, rotate=ECHO_ROTATE, translate=0.08, scale=0.1, label_keys=label_keys, flip=flip
+    )
+
+
+def weak_augment(task: str, keys=("image",), label_keys=(), flip: float = 0.0) -> Compose:
+    """Weak view.
+
+    Classification, every input kind: rotation up to 15 deg (seed 000), shift up to 8 % and
+    zoom +-10 %, one warp per image shared by its channels; volumes (B, C, D, H, W) rotate in
+    the (H, W) plane only (patients lie on the table: roll, not tilt). No flips by default:
+    in echo, upside-down flips put the apex at the bottom, and left-right flips swap the sides
+    of the screen on which each chamber is shown -- view-specific under the usual display
+    convention, which the classifier should be able to rely on (the synthetic set mirrors 25 %
+    of studies, as some labs do; `BatchRandAffined(hflip=...)` turns flips on there); in CT/MR,
+    left-right is anatomy (OrganMNIST3D has left and right kidney, femur and lung classes) and
+    flips make bodies that do not exist. `flip` (probability per axis) is for images with no
+    canonical orientation: dermoscopy (ISIC), blood smears (BloodMNIST), 0.5 there.
+    CT patches (segmentation): none beyond the random crop, so that labels stay aligned."""
     if task == "classification":
-        return Compose(
-            [
-                BatchRandAffined(
-                    keys, rotate=ECHO_ROTATE, translate=0.08, scale=0.1, label_keys=label_keys
-                )
-            ]
-        )
+        return Compose([_classification_warp(keys, label_keys, flip)])
     return Compose([])
 
 
-def strong_augment(task: str, keys=("image",)) -> Compose:
-    """Strong view. Echo: an independent weak-view warp, then, as in seed 000's code, each
-    image with probability 0.5 gets k ~ U{1..6} distinct echo operations (`echo_strong_ops`),
-    each with its own parameters (REFERENCES paraphrases this as "1..n of them, each with
-    p=0.5"). CT: intensity changes and noise only (spatially aligned with the weak view)."""
+def strong_augment(task: str, keys=("image",), flip: float = 0.0) -> Compose:
+    """Strong view. Classification: an independent weak-view warp, then, as in seed 000's
+    code, each image with probability 0.5 gets k ~ U{1..n} distinct operations of the set for
+    its input kind (`STRONG_OPS`), each with its own parameters (REFERENCES paraphrases this
+    as "1..n of them, each with p=0.5"): echo operations for grey frames, colour operations
+    for colour images, volume operations for volumes. CT segmentation: intensity changes and
+    noise only (spatially aligned with the weak view)."""
     if task == "classification":
-        return Compose(
-            [
-                BatchRandAffined(keys, rotate=ECHO_ROTATE, translate=0.08, scale=0.1),
-                BatchRandSomeOfd(keys, echo_strong_ops(keys), num_ops=(1, 6), prob=0.5),
-            ]
-        )
+        some_of = {kind: _some_of(make(keys), keys) for kind, make in STRONG_OPS.items()}
+        return Compose([_classification_warp(keys, flip=flip), BatchByInputKindd(keys, some_of)])
     return Compose([BatchRandIntensityd(keys, gamma=0.3, brightness=0.1, noise=0.1, prob=0.8)])
 
 
 def seed_transform(transform: Compose, seed: int) -> Compose:
     """Seed every random transform of a Compose (MONAI's `set_random_state`)."""
     return transform.set_random_state(seed=seed)
-
-
-def _centre_of(x: torch.Tensor) -> torch.Tensor:
-    return x.mean(tuple(range(1, x.ndim)), keepdim=True)
 
 
 def _centred_dropout(x, s, gen):

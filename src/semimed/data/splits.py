@@ -44,7 +44,13 @@ def _labeled_subset(y: np.ndarray, percent: float, num_classes: int, seed: int) 
     n_lab = max(num_classes, int(round(n * percent / 100)))
     if n_lab >= n:
         return np.arange(n)
-    pos, _ = train_test_split(np.arange(n), train_size=n_lab, stratify=y, random_state=seed)
+    try:
+        pos, _ = train_test_split(np.arange(n), train_size=n_lab, stratify=y, random_state=seed)
+    except ValueError:  # a class with a single training item cannot be stratified
+        rng = np.random.default_rng(seed)
+        first = [rng.choice(np.flatnonzero(y == c)) for c in np.unique(y)]
+        rest = rng.permutation(np.setdiff1d(np.arange(n), first))
+        pos = np.concatenate([first, rest[: max(0, n_lab - len(first))]]).astype(int)
     return np.sort(pos)
 
 
@@ -129,7 +135,8 @@ def _official(records, labeled_mask) -> dict:
     if not np.isin(where, ["val"]).any() or not np.isin(where, ["test"]).any():
         raise ConfigError(
             "split.official: the source gives no val and test split (tmed2 / csv split column, "
-            "medmnist arrays, nifti split_lists); set split.official: false"
+            "isic2018 Validation/Test archives, medmnist arrays, nifti split_lists); "
+            "set split.official: false"
         )
     train = np.flatnonzero(np.isin(where, ["train", "train_labeled"]) & labeled_mask)
     parts = {

@@ -4,9 +4,9 @@ Layout under `data.root`::
 
     imagesTr/<case>.nii.gz  (nnU-Net v2: <case>_0000.nii.gz)   labeled volumes
     labelsTr/<case>.nii.gz                                      their label maps
-    imagesTs/ [+ labelsTs/]   optional: with labels, more labeled cases (the test split under
-                              `split.official` when no test list is given); without labels,
-                              unlabeled volumes (a warning says so)
+    imagesTs/ [+ labelsTs/]   optional: with labels, more labeled cases (under
+                              `split.official`: test, unless a list names them); without
+                              labels, unlabeled volumes (a warning says so)
     imagesUnl/                optional: unlabeled volumes (the unlabeled pool)
     dataset.json              optional: "labels" (MSD {"0": "background", ...} or nnU-Net
                               {"background": 0, ...}) and per-case "patient_id" in
@@ -166,6 +166,11 @@ def read(cfg, root: Path) -> Index:
         listed = read_lists(root, d.split_lists, {r["id"] for r in records})
         for rec in records:
             rec["split"] = listed.get(rec["id"]) or rec["part"] or "train"
+            if rec["label"] is None and rec["split"] != "train_unlabeled":
+                raise IngestError(
+                    f"segmentation.data.split_lists: case {rec['id']!r} has no label map but is "
+                    f"listed in {rec['split']}"
+                )
     for rec in records:
         del rec["part"]
     return Index(classes, records, warnings)

@@ -20,6 +20,7 @@ from semimed.data.sources.validate import (
     group_of,
     read_csv,
     sorted_names,
+    split_cell,
 )
 
 
@@ -35,7 +36,7 @@ def read(cfg, root: Path) -> Index:
     csv_path = root / c.file
     rows = read_csv(csv_path, columns, "classification.data.csv")
     records = []
-    for row in rows:
+    for n, row in enumerate(rows, start=2):  # line 1 is the header
         rel = row[c.path_column].strip()
         image = Path(rel) if Path(rel).is_absolute() else root / rel
         check_image(image)
@@ -48,7 +49,7 @@ def read(cfg, root: Path) -> Index:
             "labels": labels if any(labels.values()) else None,
         }
         if split_col:
-            rec["split"] = row[split_col].strip() or "train"
+            rec["split"] = split_cell(row[split_col], f"{csv_path}: line {n} ({rel})")
         records.append(rec)
     classes = {
         t: sorted_names(r["labels"][t] for r in records if r["labels"] and r["labels"][t])

@@ -9,7 +9,7 @@ Layout under `data.root` (as the release unpacks)::
     <tmed2.unlabeled_dirs>/**/*.png   frames without labels: the unlabeled pool
 
 Targets: `view` (PLAX, PSAX, A4C, A2C, A4CorA2CorOther) and `severity`, the 3 ordinal AS
-levels of REFERENCES.md: no_AS; mild_AS (mild and mild-to-moderate); severe_AS (moderate
+levels used with TMED-2 (seed 000): no_AS; mild_AS (mild and mild-to-moderate); severe_AS (moderate
 and severe). Group = `patient_id` if the CSV has it, else the study id
 (`query_key.split('_')[0]`). With `split.official` the primary target's
 `<view|diagnosis>_classifier_split` column gives train/val/test. An empty label cell is an
@@ -27,6 +27,7 @@ from semimed.data.sources.validate import (
     check_targets,
     read_csv,
     require_dir,
+    split_cell,
 )
 
 VIEW_CLASSES = ["PLAX", "PSAX", "A4C", "A2C", "A4CorA2CorOther"]
@@ -77,7 +78,7 @@ def read_tmed_csv(
             "labels": labels,
         }
         if split_col:
-            rec["split"] = row[split_col].strip() or "train"
+            rec["split"] = split_cell(row[split_col], f"{csv_path}: line {n} ({key})")
         records.append(rec)
     return records
 

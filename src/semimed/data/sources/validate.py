@@ -163,6 +163,14 @@ def check_unique_ids(records: list[dict], where: str) -> None:
         first[rec["id"]] = str(rec["image"])
 
 
+def split_cell(value: str, where: str) -> str:
+    """A split column's cell: train, val or test (empty = train)."""
+    value = value.strip() or "train"
+    if value not in ("train", "val", "test"):
+        raise IngestError(f"{where}: split {value!r}; expected train, val or test")
+    return value
+
+
 def check_split_groups(records: list[dict], where: str) -> None:
     """No patient in two of train / val / test of a source's own split."""
     owner: dict[str, tuple[str, str]] = {}
@@ -172,7 +180,7 @@ def check_split_groups(records: list[dict], where: str) -> None:
             continue
         if part not in SPLITS:
             raise IngestError(
-                f"{where}: item {rec['id']!r} has split {part!r}; expected train, val or test"
+                f"{where}: item {rec['id']!r} has split {part!r}; expected one of {', '.join(SPLITS)}"
             )
         part = "train" if part.startswith("train") else part
         other = owner.setdefault(rec["group"], (part, rec["id"]))
