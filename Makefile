@@ -26,5 +26,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src stages tests
 	$(BIN)/ruff format --check src stages tests
 
+# Step cost of every method against its intrinsic cost, data throughput, DVC and stage times,
+# peak memory -> metrics/bench.json and metrics/bench.md (~4-6 min; `--pipeline` adds a full
+# dvc repro from scratch in a scratch copy, ~9 min more).
+bench: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m semimed.bench
+
 clean-venv:
 	rm -rf $(VENV)

@@ -41,6 +41,8 @@ def run() -> None:
                 cli.run_dir("models", "classification", method, seed),
                 device,
                 data.task_sizes,
+                spatial_dims=data.spatial_dims,
+                in_channels=data.in_channels,
             )
             for seed in cfg.seeds
         ]

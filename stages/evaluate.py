@@ -25,7 +25,16 @@ def run() -> None:
     model_dir = cli.run_dir("models", args.task, args.method, args.seed)
     plots = cli.run_dir("plots/eval", args.task, args.method, args.seed)
     device = select_device(cfg.train.device)
-    model = load_best(cfg, args.method, data.num_classes, model_dir, device, data.task_sizes)
+    model = load_best(
+        cfg,
+        args.method,
+        data.num_classes,
+        model_dir,
+        device,
+        data.task_sizes,
+        spatial_dims=data.spatial_dims,
+        in_channels=data.in_channels,
+    )
     test_ids = data.split["test"]
 
     if args.task == "classification":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def test_train_batches_shapes(prepared, task):
     cfg, processed, splits = prepared[task]
     data = load_task_data(cfg, processed, splits)
     ssl = get_method(task, "fixmatch" if task == "classification" else "mean_teacher")
-    batch = next(train_batches(data, cfg, ssl, seed=0, start_step=0, device="cpu"))
+    batch = next(train_batches(data, cfg, ssl, seed=0, device="cpu"))
     b, mu = cfg.train.batch_size, cfg.train.unlabeled_ratio
     assert batch["x_lb"].shape[0] == b and batch["x_ulb_w"].shape[0] == b * mu
     assert batch["x_ulb_w"].shape == batch["x_ulb_s"].shape
@@ -79,10 +80,35 @@ def test_train_batches_shapes(prepared, task):
         assert batch["x_lb"].shape[2:] == tuple(cfg.train.patch_size)
         assert batch["y_lb"].shape == batch["x_lb"].shape and batch["y_lb"].dtype == torch.long
     sup = get_method(task, "supervised")
-    assert "x_ulb_w" not in next(train_batches(data, cfg, sup, 0, 0, "cpu"))
-    # same seed and start step -> same batch (resume draws what a fresh run would)
-    again = next(train_batches(data, cfg, ssl, seed=0, start_step=0, device="cpu"))
+    assert "x_ulb_w" not in next(train_batches(data, cfg, sup, 0, "cpu"))
+    # same seed -> same batch
+    again = next(train_batches(data, cfg, ssl, seed=0, device="cpu"))
     assert torch.equal(batch["x_lb"], again["x_lb"])
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_train_stream_resumes_and_shards(prepared, task):
+    """state_dict() -> a new stream draws exactly what the first draws next; two DDP ranks
+    get, in rank order, the halves of the single-process batch."""
+    import dataclasses
+
+    cfg, processed, splits = prepared[task]
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=2))
+    data = load_task_data(cfg, processed, splits)
+    ssl = get_method(task, "fixmatch" if task == "classification" else "mean_teacher")
+    stream = train_batches(data, cfg, ssl, 0, "cpu")
+    next(stream)
+    state = stream.state_dict()
+    want = next(stream)
+    resumed = train_batches(data, cfg, ssl, 0, "cpu")
+    resumed.load_state_dict(state)
+    got = next(resumed)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    ranks = [train_batches(data, cfg, ssl, 0, "cpu", rank=r, world=2) for r in (0, 1)]
+    parts = [(next(r), next(r))[1] for r in ranks]
+    for k in want:
+        assert len(parts[0][k]) == len(want[k]) // 2
+        assert torch.equal(torch.cat([p[k] for p in parts]), want[k])
 
 
 def test_views_and_pools_follow_the_method(prepared):
@@ -97,7 +123,7 @@ def test_views_and_pools_follow_the_method(prepared):
         views = ("s", "s2")
         unlabeled_pool = "all"
 
-    batch = next(train_batches(data, cfg, TwoWeak, 0, 0, "cpu"))
+    batch = next(train_batches(data, cfg, TwoWeak, 0, "cpu"))
     assert {"x_ulb_w", "x_ulb_w2", "i_ulb"} <= set(batch) and "x_ulb_s" not in batch
     assert not torch.equal(batch["x_ulb_w"], batch["x_ulb_w2"])  # independent draws
     n_ulb = len(data.split["train_unlabeled"])
@@ -105,7 +131,7 @@ def test_views_and_pools_follow_the_method(prepared):
     pool = unlabeled_pool(data, AllImages)
     assert len(pool) == n_ulb + len(data.split["train_labeled"])
     seen = set()
-    stream = train_batches(data, cfg, AllImages, 0, 0, "cpu")
+    stream = train_batches(data, cfg, AllImages, 0, "cpu")
     for _ in range(3 * len(pool) // len(batch["i_ulb"]) + 1):
         seen |= set(next(stream)["i_ulb"].tolist())
     assert max(seen) >= n_ulb  # labeled images are drawn too, labels hidden
@@ -117,7 +143,7 @@ def test_empty_unlabeled_pool_is_a_clear_error(prepared):
     data = load_task_data(cfg, processed, splits)
     data.split = dict(data.split, train_unlabeled=[])
     with pytest.raises(ConfigError, match="needs unlabeled data"):
-        next(train_batches(data, cfg, get_method("classification", "fixmatch"), 0, 0, "cpu"))
+        next(train_batches(data, cfg, get_method("classification", "fixmatch"), 0, "cpu"))
 
 
 def test_lr_schedule(tiny):
@@ -127,11 +153,30 @@ def test_lr_schedule(tiny):
     assert lr_factor(t.steps - 1, t) < 0.5
 
 
+def _outputs(model_dir, live_dir) -> dict:
+    """Every file a run leaves but last.pt, as bytes; train.json without its wall time."""
+    out = {}
+    for root in (model_dir, live_dir):
+        for f in sorted(root.rglob("*")):
+            if f.is_file() and f.name != "last.pt":
+                out[f"{root.name}/{f.relative_to(root)}"] = f.read_bytes()
+    info = json.loads(out.pop("model/train.json"))
+    out["model/train.json"] = {k: v for k, v in info.items() if k != "seconds"}
+    return out
+
+
 @pytest.mark.parametrize(
     "task,method", [("classification", "fixmatch"), ("segmentation", "mean_teacher")]
 )
-def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys):
+def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys, monkeypatch):
+    """A run killed after its checkpoint at step k, with later files stale or torn, resumes
+    at k and leaves the same files as an uninterrupted run; a truncated last.pt restarts it."""
+    import dataclasses
+
+    import semimed.train as loop
+
     cfg, processed, splits = prepared[task]
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=1))
     data = load_task_data(cfg, processed, splits)
     files = [processed / "manifest.json", splits]
     model_dir, live_dir = tmp_path / "model", tmp_path / "live"
@@ -143,37 +188,69 @@ def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys):
     assert (live_dir / "plots" / "metrics" / "train" / "loss.tsv").is_file()
     model = load_best(cfg, method, data.num_classes, model_dir, "cpu")
     assert not model.training
+    expected = _outputs(model_dir, live_dir)
+    shutil.rmtree(model_dir)
+    shutil.rmtree(live_dir)
 
-    # a crash after the first checkpoint: rewind last.pt to its first saved step
-    state = torch.load(model_dir / "last.pt", weights_only=True)
-    first = cfg.train.checkpoint_every
-    state["step"] = first
-    torch.save(state, model_dir / "last.pt")
+    # killed while writing last.pt right after the first validation: best.pt and DVCLive
+    # rows of that step exist, last.pt holds the step before
+    crash, save = cfg.train.eval_every, loop._save
+
+    def dying_save(obj, path):
+        if path.name == "last.pt" and obj["step"] == crash:
+            raise KeyboardInterrupt
+        save(obj, path)
+
+    monkeypatch.setattr(loop, "_save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, data, method, 0, model_dir, live_dir, files)
+    monkeypatch.undo()
+    assert (model_dir / "best.pt").is_file()
+    with open(live_dir / "plots" / "metrics" / "train" / "loss.tsv", "a") as f:
+        f.write(f"{crash + 1}\t0.12")  # a row cut short
+    (live_dir / "metrics.json").write_text('{"step": ')  # DVCLive writes it in place
     capsys.readouterr()
     train_run(cfg, data, method, 0, model_dir, live_dir, files)
-    assert f"from step {first}" in capsys.readouterr().out
+    assert f"from step {crash - 1}" in capsys.readouterr().out
+    assert _outputs(model_dir, live_dir) == expected  # bit-identical, DVCLive rows included
 
-    # a torn checkpoint: warned about, and training restarts from scratch
-    (model_dir / "last.pt").write_bytes(b"not a checkpoint")
+    # a truncated checkpoint: warned about, and training restarts from scratch
+    blob = (model_dir / "last.pt").read_bytes()
+    (model_dir / "last.pt").write_bytes(blob[: len(blob) // 2])
     train_run(cfg, data, method, 0, model_dir, live_dir, files)
     out = capsys.readouterr().out
     assert "unreadable" in out and "resuming" not in out
+    assert _outputs(model_dir, live_dir) == expected
 
 
 @pytest.mark.parametrize("task,method", [("classification", "fixmatch"), ("segmentation", "dhc")])
-def test_train_run_is_bit_identical_across_runs(prepared, tmp_path, task, method):
-    """Same params, data and seed on CPU: the same validation score and the same weights."""
-    cfg, processed, splits = prepared[task]
-    data = load_task_data(cfg, processed, splits)
-    files = [processed / "manifest.json", splits]
-    runs = [
-        train_run(cfg, data, method, 0, tmp_path / f"m{k}", tmp_path / f"l{k}", files)
-        for k in range(2)
-    ]
-    key = next(k for k in runs[0] if k.startswith("best_val_"))
-    assert runs[0][key] == runs[1][key] and runs[0]["best_step"] == runs[1]["best_step"]
-    a, b = (torch.load(tmp_path / f"m{k}" / "best.pt", weights_only=True) for k in range(2))
+def test_train_and_evaluate_are_bit_identical_across_runs(
+    prepared, tmp_path, monkeypatch, default_params, task, method
+):
+    """Same params, data and seed on CPU: the train and evaluate stages (run in-process, each
+    in its own working folder) give the same weights and byte-identical metrics files."""
+    import copy
+    import runpy
+    import sys
+
+    import yaml
+    from conftest import ROOT, TINY, merge
+
+    params = merge(copy.deepcopy(default_params), copy.deepcopy(TINY))
+    run, args = f"{task}/{method}/seed0", ["--task", task, "--method", method, "--seed", "0"]
+    works = [tmp_path / "run0", tmp_path / "run1"]
+    for work in works:
+        work.mkdir()
+        (work / "params.yaml").write_text(yaml.safe_dump(params))
+        (work / "data").symlink_to(prepared[task][1].parents[1])  # data/<task>/processed
+        monkeypatch.chdir(work)
+        for stage in ("train", "evaluate"):
+            monkeypatch.setattr(sys, "argv", [stage, *args])
+            runpy.run_path(str(ROOT / "stages" / f"{stage}.py"), run_name="stage")["run"]()
+    a, b = (torch.load(w / "models" / run / "best.pt", weights_only=True) for w in works)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [(w / "metrics" / f"{run}.json").read_bytes() for w in works]
+    assert metrics[0] == metrics[1]  # test scores, best validation score and step
 
 
 def test_multitask_run_scores_every_task(prepared, tmp_path):
@@ -187,7 +264,7 @@ def test_multitask_run_scores_every_task(prepared, tmp_path):
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, targets=("view", "severity")))
     data = load_task_data(cfg, processed, splits)
     assert data.task_sizes == (4, 3) and data.all_labels.shape[1] == 2
-    batch = next(train_batches(data, cfg, get_method("classification", "supervised"), 0, 0, "cpu"))
+    batch = next(train_batches(data, cfg, get_method("classification", "supervised"), 0, "cpu"))
     assert batch["y_lb"].shape == (cfg.train.batch_size, 2)
     files = [processed / "manifest.json", splits]
     train_run(cfg, data, "supervised", 0, tmp_path / "m", tmp_path / "l", files)

@@ -169,6 +169,8 @@ def test_user_data_tracked_with_dvc_add_runs_the_dag(repo):
         "classification.split.val_percent": "25",
         "segmentation.data.source": "nifti",
         "segmentation.data.root": "user_data/segmentation/ct",
+        "classification.methods": "[fixmatch]",  # one method per task keeps the test short
+        "segmentation.methods": "[mean_teacher]",
     }
     args = [a for k, v in sets.items() for a in ("-S", f"{k}={v}")]
     out = _run(["dvc", "exp", "run", "-n", "user", *args], repo, env)

@@ -130,7 +130,9 @@ def test_csv_multitask_with_unlabeled_rows(tmp_path, monkeypatch, default_params
     pipeline(tmp_path, monkeypatch, params, "classification", ["supervised"])
     split = _split(tmp_path)
     assert len(split["unlabeled_only"]) == 2  # the two train rows with an empty dx
-    assert split["counts"]["test"] == 8 and split["counts"]["val"] == 8  # 3 patients x 3, one unlabeled
+    assert (
+        split["counts"]["test"] == 8 and split["counts"]["val"] == 8
+    )  # 3 patients x 3, one unlabeled
     metrics = json.loads((tmp_path / "metrics/classification/supervised/seed0.json").read_text())
     assert "site" in metrics["tasks"]
 

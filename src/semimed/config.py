@@ -55,18 +55,72 @@ class SyntheticCT:
         _check(self.num_cases >= 6, "num_cases: must be >= 6 (train/val/test need volumes)")
 
 
+CLS_SOURCES = ("synthetic", "tmed2", "isic2018", "image_folder", "csv", "medmnist")
+SEG_SOURCES = ("synthetic", "nifti")
+
+
+@dataclass(frozen=True)
+class Tmed2Source:
+    csv: str
+    unlabeled_dirs: tuple[str, ...]
+
+    def __post_init__(self):
+        _check(bool(self.csv), "csv: must name the label CSV (relative to data.root)")
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    file: str
+    path_column: str
+    labels: dict
+    group_column: str
+    split_column: str
+
+    def __post_init__(self):
+        _check(bool(self.file), "file: must name the manifest CSV (relative to data.root)")
+        _check(bool(self.path_column), "path_column: must name the image-path column")
+        _check(
+            isinstance(self.labels, dict)
+            and len(self.labels) >= 1
+            and all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in self.labels.items()
+            ),
+            "labels: must map each target name to its CSV column, e.g. {diagnosis: dx}",
+        )
+
+
+@dataclass(frozen=True)
+class MedmnistSource:
+    file: str
+
+    def __post_init__(self):
+        _check(
+            self.file.endswith(".npz"), "file: must name a MedMNIST .npz (relative to data.root)"
+        )
+
+
 @dataclass(frozen=True)
 class ClsData:
-    source: Literal["synthetic"]
+    source: str
     root: str
     # Labels learned, one head each on a shared backbone; the first is the primary task
-    # (stratifies the splits, selects checkpoints, headline metric).
-    targets: tuple[Literal["view", "severity"], ...]
+    # (stratifies the splits, selects checkpoints, headline metric). The source decides
+    # which labels exist; ingest checks the names.
+    targets: tuple[str, ...]
+    group_regex: str
+    tmed2: Tmed2Source
+    csv: CsvSource
+    medmnist: MedmnistSource
     synthetic: SyntheticEcho
 
     def __post_init__(self):
+        _check(
+            self.source in CLS_SOURCES,
+            f"source: must be one of {', '.join(CLS_SOURCES)}; got {self.source!r}",
+        )
         _check(len(self.targets) >= 1, "targets: must list at least one label, e.g. [view]")
         _check(len(set(self.targets)) == len(self.targets), "targets: lists a label twice")
+        _check_regex(self.group_regex)
 
     @property
     def target(self) -> str:
@@ -75,18 +129,53 @@ class ClsData:
 
 
 @dataclass(frozen=True)
+class SplitLists:
+    train_labeled: str
+    train_unlabeled: str
+    val: str
+    test: str
+
+
+@dataclass(frozen=True)
 class SegData:
-    source: Literal["synthetic"]
+    source: str
     root: str
+    classes: tuple[str, ...]
+    group_regex: str
+    split_lists: SplitLists
     synthetic: SyntheticCT
+
+    def __post_init__(self):
+        _check(
+            self.source in SEG_SOURCES,
+            f"source: must be one of {', '.join(SEG_SOURCES)}; got {self.source!r}",
+        )
+        _check(len(self.classes) != 1, "classes: must be [] (read dataset.json) or >= 2 names")
+        _check(len(set(self.classes)) == len(self.classes), "classes: lists a name twice")
+        _check_regex(self.group_regex)
+
+
+def _check_regex(pattern: str) -> None:
+    import re
+
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"group_regex: must be a valid regular expression ({err})") from None
+    _check(
+        not pattern or compiled.groups >= 1,
+        "group_regex: must have a (capture group) for the patient id, e.g. '^(P\\d+)_'",
+    )
 
 
 @dataclass(frozen=True)
 class ClsPreprocess:
     image_size: int
+    channels: int
 
     def __post_init__(self):
-        _check(16 <= self.image_size <= 512, "image_size: must be in [16, 512] pixels")
+        _check(8 <= self.image_size <= 512, "image_size: must be in [8, 512] pixels")
+        _check(self.channels in (1, 3), "channels: must be 1 (grayscale) or 3 (RGB)")
 
 
 @dataclass(frozen=True)
@@ -105,6 +194,7 @@ class Split:
     test_percent: float
     labeled_percent: float
     seed: int
+    official: bool = False
 
     def __post_init__(self):
         _check(0 < self.val_percent < 50, "val_percent: must be in (0, 50)")
@@ -140,7 +230,9 @@ class Train:
     checkpoint_every: int
     amp: bool
     device: Literal["auto", "cpu", "cuda"]
+    devices: int = 1  # processes of one run (DDP); batch_size is split among them
     patch_size: tuple[int, int, int] | None = None  # segmentation only
+    flip: float = 0.0  # classification only: mirror probability per image axis (augmentation)
 
     def __post_init__(self):
         _check(self.steps >= 1, "steps: must be >= 1")
@@ -153,8 +245,15 @@ class Train:
         _check(self.grad_clip >= 0, "grad_clip: must be >= 0 (0 disables)")
         _check(self.eval_every >= 1, "eval_every: must be >= 1")
         _check(self.checkpoint_every >= 1, "checkpoint_every: must be >= 1")
+        _check(self.devices >= 1, "devices: must be >= 1")
+        _check(
+            self.batch_size % self.devices == 0,
+            f"batch_size: {self.batch_size} must divide by devices ({self.devices}): it is the "
+            "global batch, split among the processes",
+        )
         if self.patch_size is not None:
             _check(all(p >= 16 for p in self.patch_size), "patch_size: must be >= 16 per axis")
+        _check(0 <= self.flip <= 1, "flip: must be a probability in [0, 1]")
 
 
 @dataclass(frozen=True)

@@ -714,7 +714,7 @@ def volume_strong_ops(keys=("image",)) -> list[_BatchRandOpd]:
 
 
 def input_kind(x: torch.Tensor) -> str:
-    """"grey2d" (B, 1, H, W), "colour2d" (B, C > 1, H, W) or "volume" (B, C, D, H, W)."""
+    """ "grey2d" (B, 1, H, W), "colour2d" (B, C > 1, H, W) or "volume" (B, C, D, H, W)."""
     if x.ndim == 5:
         return "volume"
     if x.ndim == 4:

@@ -13,7 +13,10 @@ CT set ~30 MB), so items are gathered by index rather than through a DataLoader.
   ``unlabeled_pool = "all"`` (self-supervised pretraining).
 
 Sampling is driven by one `torch.Generator` and the augmentations' own RandomStates, all
-seeded from (seed, start step): a run resumed at step k draws what a fresh run would from k.
+seeded from the run's seed. `TrainStream.state_dict()` holds all of them (and the rest of the
+current epochs), so a run resumed from a checkpoint draws exactly what the uninterrupted run
+would. Under DDP every process draws the same global batch and keeps its own contiguous share
+(`rank` of `world`): two processes with half a batch each see what one process sees.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from monai.transforms import (
     ClassesToIndicesd,
     Compose,
     RandCropByLabelClassesd,
+    Randomizable,
     RandSpatialCropd,
     SpatialPadd,
+    Transform,
 )
 
 from semimed.config import ConfigError, TaskConfig
@@ -65,6 +70,16 @@ class TaskData:
         return len(self.class_names)
 
     @property
+    def spatial_dims(self) -> int:
+        """Spatial axes of a network input: 2 (images) or 3 (volumes (N, C, D, H, W), CT)."""
+        return self.images.ndim - 2 if self.task == "classification" else 3
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the network (1 grayscale, 3 RGB; CT volumes have 1)."""
+        return int(self.images.shape[1]) if self.task == "classification" else 1
+
+    @property
     def task_sizes(self) -> tuple[int, ...]:
         """Classes per target: the network's logits are their concatenation."""
         return tuple(len(c) for c in self.task_classes) or (self.num_classes,)
@@ -88,7 +103,10 @@ def load_task_data(cfg: TaskConfig, processed: Path, splits_path: Path) -> TaskD
     if cfg.task == "classification":
         targets = cfg.data.targets
         images = torch.from_numpy(np.load(processed / "images.npy"))
-        labels = torch.tensor([[r["labels"][t] for t in targets] for r in manifest["records"]])
+        # -1: unknown label (an unlabeled item: only ever drawn by the unlabeled stream)
+        labels = torch.tensor(
+            [[_label(r, t) for t in targets] for r in manifest["records"]], dtype=torch.long
+        )
         index = {r["id"]: k for k, r in enumerate(manifest["records"])}
         classes = tuple(manifest["classes"][t] for t in targets)
         return TaskData(
@@ -105,7 +123,8 @@ def load_task_data(cfg: TaskConfig, processed: Path, splits_path: Path) -> TaskD
     volumes = {}
     for rec in manifest["records"]:
         image = np.load(processed / f"{rec['id']}_image.npy")
-        label = np.load(processed / f"{rec['id']}_label.npy")
+        labeled = rec.get("labeled", True)
+        label = np.load(processed / f"{rec['id']}_label.npy") if labeled else None
         volumes[rec["id"]] = (image, label)
     return TaskData(
         "segmentation",
@@ -117,15 +136,24 @@ def load_task_data(cfg: TaskConfig, processed: Path, splits_path: Path) -> TaskD
     )
 
 
-def _index_stream(n: int, size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+def _label(record: dict, target: str) -> int:
+    labels = record["labels"]
+    return -1 if labels is None or labels.get(target) is None else labels[target]
+
+
+class _IndexStream:
     """Endless batches of `size` positions in [0, n): reshuffled epochs, no item twice in
-    a batch unless the pool is smaller than the batch."""
-    buf = torch.empty(0, dtype=torch.long)
-    while True:
-        while len(buf) < size:
-            buf = torch.cat([buf, torch.randperm(n, generator=gen)])
-        yield buf[:size]
-        buf = buf[size:]
+    a batch unless the pool is smaller than the batch. `buf` is the rest of the epoch."""
+
+    def __init__(self, n: int, size: int, gen: torch.Generator):
+        self.n, self.size, self.gen = n, size, gen
+        self.buf = torch.empty(0, dtype=torch.long)
+
+    def __next__(self) -> torch.Tensor:
+        while len(self.buf) < self.size:
+            self.buf = torch.cat([self.buf, torch.randperm(self.n, generator=self.gen)])
+        out, self.buf = self.buf[: self.size], self.buf[self.size :]
+        return out
 
 
 def unlabeled_pool(data: TaskData, method_cls) -> list[str]:
@@ -140,8 +168,9 @@ def unlabeled_pool(data: TaskData, method_cls) -> list[str]:
 def labeled_ids(data: TaskData, method_cls) -> list[str]:
     """Ids of the labeled stream of `method_cls` (every train label for upper bounds)."""
     ids = data.split["train_labeled"]
-    if method_cls.labeled_pool == "all":
-        ids = ids + data.split["train_unlabeled"]
+    if method_cls.labeled_pool == "all":  # items without labels stay out
+        no_label = set(data.split.get("unlabeled_only", ()))
+        ids = ids + [i for i in data.split["train_unlabeled"] if i not in no_label]
     return ids
 
 
@@ -159,62 +188,158 @@ def labeled_class_counts(data: TaskData, method_cls) -> list[float]:
     return counts.tolist()
 
 
+class TrainStream:
+    """Endless training batches for `method_cls` (see the module docstring).
+
+    `rank` / `world`: this process's share of every batch under DDP; `cfg.train.batch_size`
+    is the global batch and must divide by `world`. Iterate with `next(stream)`.
+    """
+
+    def __init__(
+        self,
+        data: TaskData,
+        cfg: TaskConfig,
+        method_cls,
+        seed: int,
+        device,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        lab_ids = labeled_ids(data, method_cls)
+        ulb_ids = unlabeled_pool(data, method_cls)
+        if method_cls.uses_unlabeled and not ulb_ids:
+            raise ConfigError(
+                f"{cfg.task}: method {method_cls.name!r} needs unlabeled data but the unlabeled "
+                "pool is empty (split.labeled_percent is 100?)"
+            )
+        self.task, self.device, self.rank, self.world = data.task, device, rank, world
+        run_seed = seed * 1_000_003
+        self.gen = torch.Generator().manual_seed(run_seed)
+        b, mu = cfg.train.batch_size, cfg.train.unlabeled_ratio
+        self.lab_stream = _IndexStream(len(lab_ids), b, self.gen)
+        self.ulb_stream = _IndexStream(len(ulb_ids), b * mu, self.gen) if ulb_ids else None
+        flip = cfg.train.flip if data.task == "classification" else 0.0
+        self.weak = seed_transform(weak_augment(data.task, flip=flip), run_seed % 2**31)
+        # One transform per view, each with its own random stream: "w" and "w2" are independent.
+        self.views = {
+            v: seed_transform(
+                weak_augment(data.task, flip=flip)
+                if v.startswith("w")
+                else strong_augment(data.task, flip=flip),
+                (run_seed + 1 + k) % 2**31,
+            )
+            for k, v in enumerate(method_cls.views if ulb_ids else ())
+        }
+        if data.task == "classification":
+            self.x, self.y = data.arrays(lab_ids, all_tasks=len(data.task_sizes) > 1)
+            self.u = data.arrays(ulb_ids)[0] if ulb_ids else None
+            self.crops = ()
+            return
+        patch = tuple(cfg.train.patch_size)
+        self.crops = (
+            _label_crop(patch, data.num_classes, run_seed),
+            _random_crop(patch, run_seed + 2),
+        )
+        self.lab_items = [_padded_item(data.volumes[i], patch, data.num_classes) for i in lab_ids]
+        self.ulb_items = [_padded_item(data.volumes[i], patch) for i in ulb_ids]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = self._classification() if self.task == "classification" else self._segmentation()
+        if self.world == 1:
+            return batch
+        # the whole global batch was drawn and augmented: keep this rank's contiguous share
+        r, w = self.rank, self.world
+        return {k: v[r * (len(v) // w) : (r + 1) * (len(v) // w)] for k, v in batch.items()}
+
+    def _classification(self) -> dict[str, torch.Tensor]:
+        pos = next(self.lab_stream)
+        batch = {
+            "x_lb": self.weak({"image": self.x[pos].to(self.device)})["image"],
+            "y_lb": self.y[pos].to(self.device),
+        }
+        if self.u is not None:
+            upos = next(self.ulb_stream)
+            batch.update(_views(self.views, self.u[upos].to(self.device), upos.to(self.device)))
+        return batch
+
+    def _segmentation(self) -> dict[str, torch.Tensor]:
+        lab_crop, ulb_crop = self.crops
+        crops = [lab_crop(self.lab_items[k])[0] for k in next(self.lab_stream).tolist()]
+        batch = {
+            "x_lb": _stack([c["image"] for c in crops], self.device),
+            "y_lb": _stack([c["label"] for c in crops], self.device).long(),
+        }
+        if self.ulb_items:
+            upos = next(self.ulb_stream)
+            u = _stack([ulb_crop(self.ulb_items[k])["image"] for k in upos.tolist()], self.device)
+            batch.update(_views(self.views, u, upos.to(self.device)))
+        return batch
+
+    def _random_parts(self) -> list[Randomizable]:
+        """Every Randomizable of the stream's transforms (nested ones too), in a fixed order."""
+        found: dict[int, Randomizable] = {}
+
+        def walk(obj) -> None:
+            if id(obj) in found or not isinstance(obj, Transform):
+                return
+            if isinstance(obj, Randomizable):
+                found[id(obj)] = obj
+            for v in vars(obj).values():
+                if isinstance(v, dict):
+                    v = list(v.values())
+                for child in v if isinstance(v, list | tuple) else (v,):
+                    walk(child)
+
+        for t in (self.weak, *self.views.values(), *self.crops):
+            walk(t)
+        return list(found.values())
+
+    def state_dict(self) -> dict:
+        """Every random state the stream draws from, as tensors and numbers (a checkpoint
+        loadable with ``torch.load(weights_only=True)``)."""
+        streams = [s for s in (self.lab_stream, self.ulb_stream) if s is not None]
+        return {
+            "generator": self.gen.get_state(),
+            "epochs": [s.buf.clone() for s in streams],
+            "transforms": [numpy_rng_state(t.R) for t in self._random_parts()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["generator"])
+        streams = [s for s in (self.lab_stream, self.ulb_stream) if s is not None]
+        parts = self._random_parts()
+        if len(state["epochs"]) != len(streams) or len(state["transforms"]) != len(parts):
+            raise ValueError("the saved stream state belongs to another method or task")
+        for s, buf in zip(streams, state["epochs"], strict=True):
+            s.buf = buf.clone()
+        for t, rs in zip(parts, state["transforms"], strict=True):
+            set_numpy_rng_state(t.R, rs)
+
+
 def train_batches(
-    data: TaskData, cfg: TaskConfig, method_cls, seed: int, start_step: int, device
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless training batches for `method_cls` (see the module docstring)."""
-    lab_ids = labeled_ids(data, method_cls)
-    ulb_ids = unlabeled_pool(data, method_cls)
-    if method_cls.uses_unlabeled and not ulb_ids:
-        raise ConfigError(
-            f"{cfg.task}: method {method_cls.name!r} needs unlabeled data but the unlabeled "
-            "pool is empty (split.labeled_percent is 100?)"
-        )
-    run_seed = seed * 1_000_003 + start_step
-    gen = torch.Generator().manual_seed(run_seed)
-    b, mu = cfg.train.batch_size, cfg.train.unlabeled_ratio
-    lab_stream = _index_stream(len(lab_ids), b, gen)
-    ulb_stream = _index_stream(len(ulb_ids), b * mu, gen) if ulb_ids else None
-    weak = seed_transform(weak_augment(data.task), run_seed % 2**31)
-    # One transform per view, each with its own random stream: "w" and "w2" are independent.
-    views = {
-        v: seed_transform(
-            weak_augment(data.task) if v.startswith("w") else strong_augment(data.task),
-            (run_seed + 1 + k) % 2**31,
-        )
-        for k, v in enumerate(method_cls.views if ulb_ids else ())
+    data: TaskData, cfg: TaskConfig, method_cls, seed: int, device, rank: int = 0, world: int = 1
+) -> TrainStream:
+    """Endless training batches for `method_cls` (see `TrainStream`)."""
+    return TrainStream(data, cfg, method_cls, seed, device, rank, world)
+
+
+def numpy_rng_state(rs: np.random.RandomState) -> dict:
+    """A RandomState's MT19937 state as a tensor and numbers (weights_only-safe)."""
+    _, keys, pos, has_gauss, gauss = rs.get_state(legacy=True)
+    return {
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": pos,
+        "gauss": (has_gauss, gauss),
     }
 
-    if data.task == "classification":
-        x_all, y_all = data.arrays(lab_ids, all_tasks=len(data.task_sizes) > 1)
-        u_all = data.arrays(ulb_ids)[0] if ulb_ids else None
-        while True:
-            pos = next(lab_stream)
-            batch = {
-                "x_lb": weak({"image": x_all[pos].to(device)})["image"],
-                "y_lb": y_all[pos].to(device),
-            }
-            if u_all is not None:
-                upos = next(ulb_stream)
-                batch.update(_views(views, u_all[upos].to(device), upos.to(device)))
-            yield batch
 
-    patch = tuple(cfg.train.patch_size)
-    lab_crop = _label_crop(patch, data.num_classes, run_seed)
-    ulb_crop = _random_crop(patch, run_seed + 2)
-    lab_items = [_padded_item(data.volumes[i], patch, data.num_classes) for i in lab_ids]
-    ulb_items = [_padded_item(data.volumes[i], patch) for i in ulb_ids]
-    while True:
-        crops = [lab_crop(lab_items[k])[0] for k in next(lab_stream).tolist()]
-        batch = {
-            "x_lb": _stack([c["image"] for c in crops], device),
-            "y_lb": _stack([c["label"] for c in crops], device).long(),
-        }
-        if ulb_items:
-            upos = next(ulb_stream)
-            u = _stack([ulb_crop(ulb_items[k])["image"] for k in upos.tolist()], device)
-            batch.update(_views(views, u, upos.to(device)))
-        yield batch
+def set_numpy_rng_state(rs: np.random.RandomState, state: dict) -> None:
+    has_gauss, gauss = state["gauss"]
+    keys = state["keys"].numpy().astype(np.uint32)
+    rs.set_state(("MT19937", keys, int(state["pos"]), int(has_gauss), float(gauss)))
 
 
 def _views(views: dict, images: torch.Tensor, positions: torch.Tensor) -> dict:

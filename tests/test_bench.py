@@ -1,0 +1,145 @@
+"""The benchmark (`semimed.bench`) on tiny settings: every method's declared intrinsic cost is
+what its forward hooks count, bench.json / bench.md hold every section with finite positive
+numbers, and the pipeline helpers work on toy inputs. About 30-40 s on 2 busy cores."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY, merge
+
+from semimed import bench
+from semimed.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, default_params):
+    """A folder with tiny params and the data stages' outputs (run in this process: fast)."""
+    work = tmp_path_factory.mktemp("bench")
+    params = merge(copy.deepcopy(default_params), copy.deepcopy(TINY))
+    params["segmentation"]["network"]["channels"] = [4, 8, 16]  # URPC needs 3 levels
+    for task in bench.TASKS:
+        params[task]["train"]["steps"] = 100  # SimCLR stays in its pretraining phase
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        for task in bench.TASKS:
+            for stage in ("ingest", "preprocess", "split"):
+                mp.setattr(sys, "argv", [stage, "--task", task])
+                runpy.run_path(str(ROOT / "stages" / f"{stage}.py"), run_name="__main__")
+    return work
+
+
+@pytest.fixture(scope="module")
+def result(workdir):
+    out = workdir / "metrics"
+    args = ["--quick", "--workdir", str(workdir), "--sections", "methods,data", "--out", str(out)]
+    return bench.main(args)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_every_registered_method_declares_its_cost():
+    for task, methods in METHODS.items():
+        assert set(bench.INTRINSIC[task]) == set(methods), task
+
+
+def test_measured_passes_are_the_declared_ones(result):
+    """Hooks count what each method really runs: a repeated forward pass or a teacher with
+    autograd would show here as a mismatch with `INTRINSIC`."""
+    for task, rows in result["methods"].items():
+        assert [r["method"] for r in rows] == list(METHODS[task])
+        for r in rows:
+            p, declared = r["measured_passes"], r["intrinsic"]
+            measured = (p["fwd_grad"] + p["fwd_no_grad"], p["bwd"])
+            assert measured == (declared["fwd"], declared["bwd"]), (task, r["method"])
+            for key in ("step_ms", "cpu_ms_1_thread", "ratio", "waste", "gflop", "flop_ratio"):
+                assert _positive(r[key]), (task, r["method"], key, r[key])
+        assert next(r for r in rows if r["method"] == "supervised")["ratio"] == 1.0
+
+
+def test_json_and_markdown_hold_every_section(result, workdir):
+    saved = json.loads((workdir / "metrics" / "bench.json").read_text())
+    assert {"machine", "settings", "methods", "data", "targets", "seconds"} <= set(saved)
+    assert saved["machine"]["cpus"] >= 1 and _positive(saved["machine"]["matmul_gflops"])
+    for d in saved["data"].values():
+        assert _positive(d["preprocess"]["per_s"]) and _positive(d["train_stream"]["images_per_s"])
+        assert _positive(d["monai_dataset"]["no_cache_per_s"])
+        assert _positive(d["monai_dataset"]["cached_per_s"])
+    assert _positive(saved["data"]["segmentation"]["sliding_window"]["seconds_per_volume"])
+    waste = next(t for t in saved["targets"] if t["target"].startswith("method time"))
+    assert isinstance(waste["met"], bool) and _positive(waste["ratio"])
+    md = (workdir / "metrics" / "bench.md").read_text()
+    assert "| target |" in md and "| fixmatch |" in md and "| dst |" in md
+
+
+def test_run_measured_reports_peak_memory(tmp_path):
+    code = "b = b'x' * (200 * 2**20); print('done')"
+    run = bench.run_measured([sys.executable, "-c", code], tmp_path)
+    assert run["rc"] == 0 and "done" in run["output"]
+    assert 0.19 < run["peak_rss_gib"] < 2 and run["seconds"] > 0
+
+
+def test_copy_repo_takes_git_files_and_dvc_outputs(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "data" / "out").mkdir(parents=True)
+    (src / "data" / "out" / "f.npy").write_text("x")
+    (src / ".gitignore").write_text("/data/\n")
+    (src / "tracked.txt").write_text("t")
+    (src / "dvc.lock").write_text(
+        yaml.safe_dump({"stages": {"s": {"outs": [{"path": "data/out"}]}}})
+    )
+    env = bench._env(tmp_path)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=src, env=env, check=True, capture_output=True)
+    (src / "untracked.txt").write_text("u")
+    assert bench.copy_repo(src, dst, env) == ["data/out"]
+    for rel in ("tracked.txt", "untracked.txt", "dvc.lock", "data/out/f.npy", ".git"):
+        assert (dst / rel).exists(), rel
+
+
+def test_estimate_and_targets_say_what_is_missed(tmp_path, tiny):
+    cfg = tiny("segmentation")
+    run = tmp_path / "models" / "segmentation" / cfg.methods[0] / f"seed{cfg.seeds[0]}"
+    run.mkdir(parents=True)
+    (run / "train.json").write_text(json.dumps({"seconds": 30.0}))
+    train = {"seconds": 12.0, "peak_rss_gib": 1.5}
+    evaluate = {"seconds": 4.0, "peak_rss_gib": 4.5}
+    runs = {"ingest segmentation": {"seconds": 5.0, "peak_rss_gib": 0.9}}
+    runs.update({"train segmentation/x": train, "evaluate segmentation/x": evaluate})
+    probe = {"train": train, "evaluate": evaluate, "loop_s": 2.0}
+    stages = {"runs": runs, "train_eval": {"segmentation": probe}}
+    est = bench.estimate_pipeline(tmp_path, {"segmentation": cfg}, stages, {"noop_repro_s": 4.0})
+    n = len(cfg.methods) * len(cfg.seeds)  # one run recorded: the others count as its 30 s
+    assert est["unrecorded"] == n - 1 and est["startup_s"]["segmentation"] == 10.0
+    assert est["parts"]["train segmentation"] == n * (30.0 + 10.0)
+    assert est["seconds"] == 5.0 + est["parts"]["train segmentation"] + n * 4.0 + 4.0
+
+    dvc = {"noop_repro_s": 4.0, "note": "median"}
+    pipeline = {"dvc": dvc, "stages": stages, "estimate": est}
+    methods = {"segmentation": [{"method": "a", "waste": 1.5}, {"method": "b", "waste": 0.9}]}
+    rows = {t["target"]: t for t in bench.check_targets({"methods": methods, "pipeline": pipeline})}
+    waste = rows["method time / intrinsic cost"]
+    assert waste["met"] is False and "segmentation/a 1.50x" in waste["note"]
+    assert rows["no-op dvc repro (s)"]["ratio"] == pytest.approx(4 / 3, abs=1e-3)
+    memory = rows["peak resident memory of train/evaluate (GiB)"]
+    assert memory["met"] is False and memory["note"] == "evaluate segmentation/x"
+    assert "ESTIMATE" in rows["default pipeline (s)"]["note"]
+
+    machine = dict(cpus=2, threads=2, torch="x", matmul_gflops=1.0, load_start=0.0, load_end=0.0)
+    res = {"targets": list(rows.values()), "seconds": 1.0, "machine": machine, "pipeline": pipeline}
+    md = bench.markdown(res)
+    assert "| no-op dvc repro (s) | 3 | 4.00 | **no** | 1.33 |" in md
+    assert "| stage evaluate segmentation/x | 4.0 | 4.50 |" in md and "ESTIMATE" in md

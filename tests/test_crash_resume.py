@@ -1,0 +1,103 @@
+"""A training run killed with SIGKILL mid-way resumes under the real `dvc repro` and ends
+with the same files, byte for byte, as an uninterrupted run of the same params and seed.
+
+Uses the temporary git + DVC repository of test_pipeline_e2e (its `repo` fixture) with one
+classification run of 30 steps. That the evaluate stage then writes the same metrics file
+from the same best.pt is test_data_and_train's bit-identical test. About 40 s on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import torch
+import yaml
+from test_pipeline_e2e import _run, repo  # noqa: F401  (`repo`: the temporary repository)
+
+RUN = "classification/fixmatch/seed0"
+TARGET = "train_classification@fixmatch-0"
+STEPS, EVERY = 30, 10
+
+
+def _files(root) -> dict:
+    """The run's outputs as bytes: models/ and the DVCLive folder, last.pt and the wall time
+    in train.json left out."""
+    out = {}
+    for folder in (root / "models" / RUN, root / "plots/train" / RUN):
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and f.name != "last.pt":
+                out[str(f.relative_to(root))] = f.read_bytes()
+    info = json.loads(out.pop(f"models/{RUN}/train.json"))
+    out["train.json"] = {k: v for k, v in info.items() if k != "seconds"}
+    return out
+
+
+def _last_step(path) -> int:
+    try:
+        return torch.load(path, weights_only=True)["step"]
+    except FileNotFoundError:  # written atomically: absent or complete
+        return 0
+
+
+def _kill_after_checkpoint(args, root, env) -> int:
+    """Run `args` in a new process group; SIGKILL the whole group (dvc and the stage) once
+    last.pt holds step >= EVERY. Returns that step."""
+    last = root / "models" / RUN / "last.pt"
+    proc = subprocess.Popen(
+        args,
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while (step := _last_step(last)) < EVERY:
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    return step
+
+
+def test_killed_run_resumes_under_dvc_repro_bit_identically(repo):  # noqa: F811
+    root, env = repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    cls = params["classification"]
+    cls.update(methods=["fixmatch"], seeds=[0])
+    cls["train"].update(steps=STEPS, eval_every=EVERY, checkpoint_every=EVERY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    # the uninterrupted run (ingest, preprocess and split run first)
+    _run(["dvc", "repro", TARGET], root, env)
+    expected = _files(root)
+    for folder in (root / "models" / RUN, root / "plots/train" / RUN):
+        shutil.rmtree(folder)
+
+    killed_at = _kill_after_checkpoint(["dvc", "repro", TARGET], root, env)
+    assert EVERY <= killed_at < STEPS, "the run finished before the kill"
+    model_dir = root / "models" / RUN
+    assert not (model_dir / "train.json").exists()
+    state = torch.load(model_dir / "last.pt", weights_only=True)  # complete, never torn
+    assert state["step"] >= killed_at
+    torch.load(model_dir / "best.pt", weights_only=True)
+
+    out = _run(["dvc", "repro", TARGET], root, env)
+    resumed = int(out.split(f"resuming {RUN} from step ")[1].split()[0])
+    assert EVERY <= resumed < STEPS and "Running stage 'split_classification'" not in out
+    leftovers = [*root.glob("models/**/*.tmp"), *root.glob("plots/**/*.tmp")]
+    assert not leftovers, "an interrupted write left a temporary file"
+    # identical best.pt, DVCLive rows and train.json: resuming (and running twice with the
+    # same params and seed) changes no byte
+    got = _files(root)
+    assert got.keys() == expected.keys()
+    assert [k for k in got if got[k] != expected[k]] == []
+    assert "up to date" in _run(["dvc", "status", TARGET], root, env)
