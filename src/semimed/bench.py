@@ -48,11 +48,11 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from semimed.config import load_task
-from semimed.data.loaders import labeled_class_counts, load_task_data, train_batches, unlabeled_pool
+from semimed.data.loaders import load_task_data, train_batches
 from semimed.inference import predict_volume
 from semimed.io import write_bytes_atomic, write_json_atomic
 from semimed.methods import METHODS
-from semimed.train import build_optimizer, lr_factor, make_method
+from semimed.train import build_optimizer, lr_factor, make_method, method_for_data
 
 TASKS = ("classification", "segmentation")
 TARGETS = {"pipeline_s": 600.0, "waste": 1.1, "noop_repro_s": 3.0, "peak_rss_gib": 4.0}
@@ -185,16 +185,7 @@ class StepRunner:
     def __init__(self, cfg, data, name: str) -> None:
         cls = METHODS[cfg.task][name]
         torch.manual_seed(0)
-        self.method = make_method(
-            cfg,
-            name,
-            data.num_classes,
-            in_channels=data.in_channels,
-            spatial_dims=data.spatial_dims,
-            num_unlabeled=len(unlabeled_pool(data, cls)),
-            task_sizes=data.task_sizes,
-            class_counts=labeled_class_counts(data, cls),
-        )
+        self.method = method_for_data(cfg, data, name)
         self.batch = next(train_batches(data, cfg, cls, seed=0, device=torch.device("cpu")))
         self.t = cfg.train
         self.trainable = [p for p in self.method.parameters() if p.requires_grad]
