@@ -23,14 +23,14 @@ test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src stages tests
-	$(BIN)/ruff format --check src stages tests
+	$(BIN)/ruff check src stages tests benchmarks
+	$(BIN)/ruff format --check src stages tests benchmarks
 
-# Step cost of every method against its intrinsic cost, data throughput, DVC and stage times,
-# peak memory -> metrics/bench.json and metrics/bench.md (~4-6 min; `--pipeline` adds a full
-# dvc repro from scratch in a scratch copy, ~9 min more).
+# benchmarks/bench.py: step cost of every method against its intrinsic cost, data throughput,
+# DVC and stage times, peak memory -> metrics/bench.json and metrics/bench.md (~4-6 min;
+# `--pipeline` adds a full dvc repro from scratch in a scratch copy, ~9 min more).
 bench: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m semimed.bench
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,41 +9,27 @@ writes, from the TEST split, under plots/analysis/classification/:
 * embeddings_tsne.png / embeddings_umap.png   backbone features in 2D (first seed)
 """
 
-import argparse
 import time
-from pathlib import Path
 
-from semimed import analysis, cli
-from semimed.data.loaders import load_task_data
+from semimed import analysis, cli, paths
+from semimed.build import check_task, load_for_data
+from semimed.data.taskdata import load_task_data
 from semimed.io import write_json_atomic
-from semimed.train import load_best, select_device
+from semimed.runtime import select_device
 
-OUT = Path("plots/analysis/classification")
+OUT = paths.ANALYSIS
 
 
 def run() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    args = p.parse_args()
+    args = cli.parser(__doc__, task=False).parse_args()
     cfg, params = analysis.load_analysis(args.params)
-    data = load_task_data(
-        cfg,
-        cli.data_dir("classification", "processed"),
-        cli.data_dir("classification", "splits.json"),
-    )
+    check_task(cfg)
+    task = "classification"
+    data = load_task_data(cfg, paths.processed(task), paths.splits(task))
     device = select_device(cfg.train.device)
     models = {
         method: [
-            load_best(
-                cfg,
-                method,
-                data.num_classes,
-                cli.run_dir("models", "classification", method, seed),
-                device,
-                data.task_sizes,
-                spatial_dims=data.spatial_dims,
-                in_channels=data.in_channels,
-            )
+            load_for_data(cfg, data, method, paths.model_dir(task, method, seed), device)
             for seed in cfg.seeds
         ]
         for method in cfg.methods

@@ -3,7 +3,7 @@
 Writes data/<task>/ingested/ (manifest.json, plus the generated files for synthetic data).
 """
 
-from semimed import cli
+from semimed import cli, paths
 from semimed.config import load_task
 from semimed.data.sources import ingest
 
@@ -11,7 +11,7 @@ from semimed.data.sources import ingest
 def run() -> None:
     args = cli.parser(__doc__).parse_args()
     cfg = load_task(args.task, args.params)
-    manifest = ingest(cfg, cli.data_dir(args.task, "ingested"))
+    manifest = ingest(cfg, paths.ingested(args.task))
     print(f"ingest {args.task}: {len(manifest['records'])} records from {cfg.data.source}")
 
 

@@ -1,6 +1,6 @@
 """Stage preprocess_<task>: MONAI chains -> arrays + manifest in data/<task>/processed/."""
 
-from semimed import cli
+from semimed import cli, paths
 from semimed.config import load_task
 from semimed.data.preprocess import preprocess
 
@@ -8,7 +8,7 @@ from semimed.data.preprocess import preprocess
 def run() -> None:
     args = cli.parser(__doc__).parse_args()
     cfg = load_task(args.task, args.params)
-    out = preprocess(cfg, cli.data_dir(args.task, "ingested"), cli.data_dir(args.task, "processed"))
+    out = preprocess(cfg, paths.ingested(args.task), paths.processed(args.task))
     print(f"preprocess {args.task}: {len(out['records'])} items")
 
 

@@ -4,69 +4,57 @@ Reads exactly the runs that params.yaml lists (`<task>.methods` x `<task>.seeds`
 files of methods dropped from an experiment never leak into its summary.
 """
 
-import argparse
 import csv
 import json
 from pathlib import Path
 
-from semimed import cli
+from semimed import cli, paths
 from semimed.config import TASKS, load_task
-from semimed.evaluate import flat_metrics
 from semimed.io import write_bytes_atomic, write_json_atomic
 from semimed.report import (
     comparison_table,
+    flat_metrics,
     gap_closed,
     per_class_table,
     plot_comparison,
     plot_training_curves,
     summarize,
 )
-from semimed.train import VAL_METRIC
-
-# What the summary (and so `dvc exp show` / `dvc metrics diff`) carries; the per-run files
-# under metrics/<task>/ keep everything else.
-HEADLINE = {
-    "classification": (
-        "balanced_accuracy",
-        ["accuracy", "balanced_accuracy", "macro_f1", "auc"],
-        "recall_",
-    ),
-    "segmentation": ("dice", ["dice", "hd95_mm", "asd_mm"], "dice_"),
-}
+from semimed.tasks import spec
 
 
 def _val_curve(live_dir: Path, metric: str) -> list[tuple[int, float]]:
-    tsv = live_dir / "plots" / "metrics" / "val" / f"{metric}.tsv"
-    with open(tsv) as f:
+    with open(paths.val_curve(live_dir, metric)) as f:
         return [(int(r["step"]), float(r[metric])) for r in csv.DictReader(f, delimiter="\t")]
 
 
 def run() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--params", default="params.yaml")
-    args = p.parse_args()
+    args = cli.parser(__doc__, task=False).parse_args()
     runs, tables = {}, []
-    out = Path("plots/report")
+    out = paths.REPORT
     for task in TASKS:
         cfg = load_task(task, args.params)
-        headline, keep, per_class = HEADLINE[task]
+        # what the summary (and so `dvc exp show` / `dvc metrics diff`) carries; the per-run
+        # files under metrics/<task>/ keep everything else
+        ts = spec(task)
+        headline, keep, per_class = ts.headline, list(ts.summary_metrics), ts.per_class_prefix
         runs[task], curves = {}, {}
         for method in cfg.methods:
             runs[task][method] = {}
             for seed in cfg.seeds:
-                path = cli.run_dir("metrics", task, method, seed).with_suffix(".json")
+                path = paths.run_metrics(task, method, seed)
                 flat = flat_metrics(json.loads(path.read_text()))
                 runs[task][method][seed] = {  # "severity/recall_mild" -> "recall_mild"
                     k: v
                     for k, v in flat.items()
                     if k.split("/")[-1] in keep or k.split("/")[-1].startswith(per_class)
                 }
-                live = cli.run_dir("plots/train", task, method, seed)
-                curves[f"{method} s{seed}"] = _val_curve(live, VAL_METRIC[task])
+                live = paths.live_dir(task, method, seed)
+                curves[f"{method} s{seed}"] = _val_curve(live, headline)
         summary = summarize({task: runs[task]})
         plot_comparison(summary, task, headline, out / f"{task}_comparison.png")
         plot_training_curves(
-            curves, out / f"{task}_training_curves.png", ylabel=f"validation {VAL_METRIC[task]}"
+            curves, out / f"{task}_training_curves.png", ylabel=f"validation {headline}"
         )
         tables.append(f"### {task}\n\n{comparison_table(summary, task, keep)}\n")
         if gap := gap_closed(summary, task, headline):
@@ -74,13 +62,13 @@ def run() -> None:
             tables.append(
                 f"Share of the supervised -> supervised_full {headline} gap closed: {closed}\n"
             )
-        if task == "segmentation":
+        if ts.dense:  # per-class Dice of the organs
             tables.append(
                 f"Per-class {headline} (mean +- std over seeds):\n\n"
                 f"{per_class_table(summary, task, per_class)}\n"
             )
     summary = summarize(runs)
-    write_json_atomic("metrics/summary.json", summary)
+    write_json_atomic(paths.SUMMARY, summary)
     write_bytes_atomic(out / "results.md", "\n".join(tables).encode())
     print("\n".join(tables))
 

@@ -7,27 +7,26 @@ With `train.devices` > 1 the script starts itself again under torchrun, one proc
 
 import os
 
-from semimed import cli
-from semimed.config import load_task
-from semimed.data.loaders import load_task_data
-from semimed.train import is_distributed_worker, relaunch_distributed, train_run
+from semimed import cli, distributed, paths
+from semimed.build import load_task
+from semimed.data.taskdata import load_task_data
+from semimed.train import train_run
 
 
 def run() -> None:
     args = cli.parser(__doc__, run=True).parse_args()
     cfg = load_task(args.task, args.params)
-    if cfg.train.devices > 1 and not is_distributed_worker():
-        relaunch_distributed(cfg)  # does not return: this process becomes torchrun
-    processed = cli.data_dir(args.task, "processed")
-    splits = cli.data_dir(args.task, "splits.json")
+    if cfg.train.devices > 1 and not distributed.is_worker():
+        distributed.relaunch(cfg)  # does not return: this process becomes torchrun
+    processed, splits = paths.processed(args.task), paths.splits(args.task)
     data = load_task_data(cfg, processed, splits)
     summary = train_run(
         cfg,
         data,
         args.method,
         args.seed,
-        model_dir=cli.run_dir("models", args.task, args.method, args.seed),
-        live_dir=cli.run_dir("plots/train", args.task, args.method, args.seed),
+        model_dir=paths.model_dir(args.task, args.method, args.seed),
+        live_dir=paths.live_dir(args.task, args.method, args.seed),
         data_files=[processed / "manifest.json", splits],
     )
     if os.environ.get("RANK", "0") == "0":  # one line, not one per process

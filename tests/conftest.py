@@ -75,7 +75,7 @@ def params(default_params) -> dict:
 @pytest.fixture
 def tiny(default_params):
     """Parsed TaskConfig of the tiny override, per task: `tiny("segmentation")`."""
-    from semimed.config import parse_task
+    from semimed.build import parse_task
 
     over = merge(copy.deepcopy(default_params), copy.deepcopy(TINY))
     return lambda task: parse_task(task, over[task])

@@ -15,7 +15,8 @@ from conftest import ROOT, TINY, merge
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
-from semimed import analysis, label_efficiency
+from benchmarks import label_efficiency
+from semimed import analysis
 from semimed.config import ConfigError
 from semimed.inference import predict_proba
 from semimed.networks import build_network
@@ -183,13 +184,12 @@ def test_bad_analysis_params_name_the_key(key, value):
 def test_analyze_stage_in_process(tmp_path, monkeypatch, default_params):
     """The stage script end to end on tiny data; checkpoints are freshly initialised networks
     saved as `train_run` saves `best.pt` (training them would only add time)."""
-    from semimed.config import parse_task
-    from semimed.data.loaders import load_task_data
+    from semimed.build import make_method, parse_task
     from semimed.data.preprocess import preprocess
     from semimed.data.sources import ingest
     from semimed.data.splits import make_splits
+    from semimed.data.taskdata import load_task_data
     from semimed.io import write_json_atomic
-    from semimed.train import make_method
 
     monkeypatch.chdir(tmp_path)
     params = merge(copy.deepcopy(default_params), copy.deepcopy(TINY))

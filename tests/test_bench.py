@@ -1,5 +1,5 @@
-"""The benchmark (`semimed.bench`) on tiny settings: every method's declared intrinsic cost is
-what its forward hooks count, bench.json / bench.md hold every section with finite positive
+"""The benchmark (`benchmarks.bench`) on tiny settings: every method's declared intrinsic cost
+(`Method.intrinsic_passes`) is what its forward hooks count, bench.json / bench.md hold every section with finite positive
 numbers, and the pipeline helpers work on toy inputs. About 30-40 s on 2 busy cores."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 import yaml
 from conftest import TINY, merge
 
-from semimed import bench
+from benchmarks import bench, pipeline, steps, table
+from semimed import build
 from semimed.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,14 +52,20 @@ def _positive(x) -> bool:
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
 
-def test_every_registered_method_declares_its_cost():
+def test_every_registered_method_declares_its_cost(tiny):
     for task, methods in METHODS.items():
-        assert set(bench.INTRINSIC[task]) == set(methods), task
+        cfg = tiny(task)
+        b, u = cfg.train.batch_size, cfg.train.batch_size * cfg.train.unlabeled_ratio
+        for name, cls in methods.items():
+            declared = steps.intrinsic_cost(cls, build.method_params(cfg, cls), b, u)
+            assert declared is not None and declared["why"], (task, name)
+            assert declared["fwd"] > 0 and declared["bwd"] > 0, (task, name, declared)
+        assert steps.intrinsic_cost(methods["supervised"], None, b, u)["cost"] == 1.0
 
 
 def test_measured_passes_are_the_declared_ones(result):
     """Hooks count what each method really runs: a repeated forward pass or a teacher with
-    autograd would show here as a mismatch with `INTRINSIC`."""
+    autograd would show here as a mismatch with `Method.intrinsic_passes`."""
     for task, rows in result["methods"].items():
         assert [r["method"] for r in rows] == list(METHODS[task])
         for r in rows:
@@ -87,7 +94,7 @@ def test_json_and_markdown_hold_every_section(result, workdir):
 
 def test_run_measured_reports_peak_memory(tmp_path):
     code = "b = b'x' * (200 * 2**20); print('done')"
-    run = bench.run_measured([sys.executable, "-c", code], tmp_path)
+    run = pipeline.run_measured([sys.executable, "-c", code], tmp_path)
     assert run["rc"] == 0 and "done" in run["output"]
     assert 0.19 < run["peak_rss_gib"] < 2 and run["seconds"] > 0
 
@@ -101,11 +108,11 @@ def test_copy_repo_takes_git_files_and_dvc_outputs(tmp_path):
     (src / "dvc.lock").write_text(
         yaml.safe_dump({"stages": {"s": {"outs": [{"path": "data/out"}]}}})
     )
-    env = bench._env(tmp_path)
+    env = pipeline.isolated_env(tmp_path)
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
         subprocess.run(["git", *args], cwd=src, env=env, check=True, capture_output=True)
     (src / "untracked.txt").write_text("u")
-    assert bench.copy_repo(src, dst, env) == ["data/out"]
+    assert pipeline.copy_repo(src, dst, env) == ["data/out"]
     for rel in ("tracked.txt", "untracked.txt", "dvc.lock", "data/out/f.npy", ".git"):
         assert (dst / rel).exists(), rel
 
@@ -121,16 +128,16 @@ def test_estimate_and_targets_say_what_is_missed(tmp_path, tiny):
     runs.update({"train segmentation/x": train, "evaluate segmentation/x": evaluate})
     probe = {"train": train, "evaluate": evaluate, "loop_s": 2.0}
     stages = {"runs": runs, "train_eval": {"segmentation": probe}}
-    est = bench.estimate_pipeline(tmp_path, {"segmentation": cfg}, stages, {"noop_repro_s": 4.0})
+    est = pipeline.estimate_pipeline(tmp_path, {"segmentation": cfg}, stages, {"noop_repro_s": 4.0})
     n = len(cfg.methods) * len(cfg.seeds)  # one run recorded: the others count as its 30 s
     assert est["unrecorded"] == n - 1 and est["startup_s"]["segmentation"] == 10.0
     assert est["parts"]["train segmentation"] == n * (30.0 + 10.0)
     assert est["seconds"] == 5.0 + est["parts"]["train segmentation"] + n * 4.0 + 4.0
 
     dvc = {"noop_repro_s": 4.0, "note": "median"}
-    pipeline = {"dvc": dvc, "stages": stages, "estimate": est}
+    pipe = {"dvc": dvc, "stages": stages, "estimate": est}
     methods = {"segmentation": [{"method": "a", "waste": 1.5}, {"method": "b", "waste": 0.9}]}
-    rows = {t["target"]: t for t in bench.check_targets({"methods": methods, "pipeline": pipeline})}
+    rows = {t["target"]: t for t in table.check_targets({"methods": methods, "pipeline": pipe})}
     waste = rows["method time / intrinsic cost"]
     assert waste["met"] is False and "segmentation/a 1.50x" in waste["note"]
     assert rows["no-op dvc repro (s)"]["ratio"] == pytest.approx(4 / 3, abs=1e-3)
@@ -139,7 +146,7 @@ def test_estimate_and_targets_say_what_is_missed(tmp_path, tiny):
     assert "ESTIMATE" in rows["default pipeline (s)"]["note"]
 
     machine = dict(cpus=2, threads=2, torch="x", matmul_gflops=1.0, load_start=0.0, load_end=0.0)
-    res = {"targets": list(rows.values()), "seconds": 1.0, "machine": machine, "pipeline": pipeline}
-    md = bench.markdown(res)
+    res = {"targets": list(rows.values()), "seconds": 1.0, "machine": machine, "pipeline": pipe}
+    md = table.markdown(res)
     assert "| no-op dvc repro (s) | 3 | 4.00 | **no** | 1.33 |" in md
     assert "| stage evaluate segmentation/x | 4.0 | 4.50 |" in md and "ESTIMATE" in md

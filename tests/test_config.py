@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from semimed.config import ConfigError, load_task, parse_task
+from semimed.build import method_params, parse_task
+from semimed.config import ConfigError, load_task
 from semimed.methods import METHODS
 
 
@@ -12,7 +13,7 @@ def test_default_params_parse(task, params):
     assert cfg.methods and cfg.seeds
     for name in cfg.methods:
         assert name in METHODS[task]
-        cfg.method_params(name)  # every method run by default has parseable params
+        method_params(cfg, name)  # every method run by default has parseable params
 
 
 def _error(task, section) -> str:

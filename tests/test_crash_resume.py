@@ -91,6 +91,7 @@ def test_killed_run_resumes_under_dvc_repro_bit_identically(repo):  # noqa: F811
     torch.load(model_dir / "best.pt", weights_only=True)
 
     out = _run(["dvc", "repro", TARGET], root, env)
+    assert f"resuming {RUN} from step " in out, out
     resumed = int(out.split(f"resuming {RUN} from step ")[1].split()[0])
     assert EVERY <= resumed < STEPS and "Running stage 'split_classification'" not in out
     leftovers = [*root.glob("models/**/*.tmp"), *root.glob("plots/**/*.tmp")]

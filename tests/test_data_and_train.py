@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from semimed.build import load_best, method_params
+from semimed.checkpoint import fingerprint
 from semimed.config import ConfigError
-from semimed.data.loaders import load_task_data, train_batches, unlabeled_pool
+from semimed.data.loaders import train_batches, unlabeled_pool
 from semimed.data.preprocess import preprocess
 from semimed.data.sources import ingest
 from semimed.data.splits import make_splits
+from semimed.data.taskdata import load_task_data
 from semimed.io import write_json_atomic
 from semimed.methods import get_method
-from semimed.train import fingerprint, load_best, lr_factor, train_run
+from semimed.train import lr_factor, train_run
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def prepared(tmp_path_factory, default_params):
 
     from conftest import TINY, merge
 
-    from semimed.config import parse_task
+    from semimed.build import parse_task
 
     root = tmp_path_factory.mktemp("data")
     over = merge(copy.deepcopy(default_params), copy.deepcopy(TINY))
@@ -173,7 +176,7 @@ def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys, 
     at k and leaves the same files as an uninterrupted run; a truncated last.pt restarts it."""
     import dataclasses
 
-    import semimed.train as loop
+    from semimed import checkpoint
 
     cfg, processed, splits = prepared[task]
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=1))
@@ -194,14 +197,14 @@ def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys, 
 
     # killed while writing last.pt right after the first validation: best.pt and DVCLive
     # rows of that step exist, last.pt holds the step before
-    crash, save = cfg.train.eval_every, loop._save
+    crash, save = cfg.train.eval_every, checkpoint.save
 
     def dying_save(obj, path):
         if path.name == "last.pt" and obj["step"] == crash:
             raise KeyboardInterrupt
         save(obj, path)
 
-    monkeypatch.setattr(loop, "_save", dying_save)
+    monkeypatch.setattr(checkpoint, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, data, method, 0, model_dir, live_dir, files)
     monkeypatch.undo()
@@ -257,8 +260,9 @@ def test_multitask_run_scores_every_task(prepared, tmp_path):
     """targets [view, severity]: one network, two heads; each task gets its metrics."""
     import dataclasses
 
-    from semimed.evaluate import classification_metrics, flat_metrics
+    from semimed.evaluate import classification_metrics
     from semimed.inference import predict_proba
+    from semimed.report import flat_metrics
 
     cfg, processed, splits = prepared["classification"]
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, targets=("view", "severity")))
@@ -285,10 +289,12 @@ def test_fingerprint_tracks_params_and_data(tiny, tmp_path):
     cfg = tiny("classification")
     f = tmp_path / "splits.json"
     f.write_text("{}")
-    a = fingerprint(cfg, "fixmatch", 0, [f])
-    assert a == fingerprint(cfg, "fixmatch", 0, [f])
-    assert a != fingerprint(cfg, "fixmatch", 1, [f])
+    p = method_params(cfg, "fixmatch")
+    a = fingerprint(cfg, "fixmatch", p, 0, [f])
+    assert a == fingerprint(cfg, "fixmatch", p, 0, [f])
+    assert a != fingerprint(cfg, "fixmatch", p, 1, [f])
     other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=0.1))
-    assert a != fingerprint(other, "fixmatch", 0, [f])
+    assert a != fingerprint(other, "fixmatch", p, 0, [f])
+    assert a != fingerprint(cfg, "fixmatch", dataclasses.replace(p, threshold=0.5), 0, [f])
     f.write_text('{"x": 1}')
-    assert a != fingerprint(cfg, "fixmatch", 0, [f])
+    assert a != fingerprint(cfg, "fixmatch", p, 0, [f])

@@ -25,8 +25,8 @@ import torch
 import yaml
 from conftest import ROOT, TINY, merge
 
-from semimed.config import parse_task
-from semimed.data.loaders import load_task_data
+from semimed.build import parse_task
+from semimed.data.taskdata import load_task_data
 from semimed.train import train_run
 
 TASK = "classification"

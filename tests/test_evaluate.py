@@ -14,8 +14,8 @@ from semimed.evaluate import (
     SegmentationScorer,
     classification_metrics,
     confusion_records,
-    flat_metrics,
 )
+from semimed.report import flat_metrics
 
 NAMES3 = ["A", "B", "C"]
 

@@ -11,7 +11,7 @@ from semimed.class_weights import (
 )
 from semimed.losses import seg_supervised_loss, weighted_ce, weighted_dice_ce
 from semimed.methods.segmentation import DHC, CrossPseudoSupervision
-from semimed.seg_networks import PairAverage
+from semimed.networks.segmentation import PairAverage
 
 
 @pytest.mark.parametrize("cls", [CrossPseudoSupervision, DHC])

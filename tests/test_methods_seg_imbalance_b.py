@@ -16,7 +16,7 @@ from semimed.methods.segmentation.dst import (
     worst_case_loss,
 )
 from semimed.methods.segmentation.ssnet import SSNet, soft_dice_distance, unit_per_sample
-from semimed.seg_networks import PairAverage
+from semimed.networks.segmentation import PairAverage
 
 METHODS = [CLD, DST, SSNet, AcISIS]
 

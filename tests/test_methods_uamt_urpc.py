@@ -7,7 +7,7 @@ import pytest
 import torch
 from seg_helpers import NUM_CLASSES, fits_fixed_batch, make, make_batch, tiny_unet
 
-from semimed.config import parse_task
+from semimed.build import parse_task
 from semimed.losses import seg_supervised_loss
 from semimed.methods.segmentation.uamt import UAMT, entropy_mask, masked_softmax_mse
 from semimed.methods.segmentation.urpc import (
@@ -15,7 +15,7 @@ from semimed.methods.segmentation.urpc import (
     pyramid_uncertainty,
     rectified_pyramid_consistency,
 )
-from semimed.seg_networks import UNetDeepSupervision
+from semimed.networks.segmentation import UNetDeepSupervision
 
 
 def _grads_reach(params):
@@ -198,8 +198,8 @@ def test_urpc_refuses_a_network_without_deep_supervision():
 
 
 def test_urpc_loop_builds_a_deep_supervision_network(default_params, monkeypatch):
+    from semimed.build import make_method
     from semimed.methods import METHODS
-    from semimed.train import make_method
 
     assert URPC.deep_supervision
     monkeypatch.setitem(METHODS["segmentation"], "urpc", URPC)

@@ -10,12 +10,12 @@ from torch import nn
 
 from semimed.networks import (
     CLASSIFIERS_3D,
-    LWN_BLOCKS,
     NETWORKS,
     build_network,
     haar_dwt,
     reparameterize,
 )
+from semimed.networks.lwn import LWN_BLOCKS
 
 # Per classification network: stage widths (ignored by some) and the smallest input side it
 # takes here (densenet121 keeps ImageNet's /32 layout).

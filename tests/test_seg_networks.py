@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from semimed.config import ConfigError, parse_task
+from semimed.build import parse_task
+from semimed.config import ConfigError
 from semimed.networks import DEEP_SUPERVISION, build_network
 
 

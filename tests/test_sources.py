@@ -21,11 +21,12 @@ import source_fixtures as fx
 import yaml
 from conftest import ROOT, TINY, merge
 
-from semimed.config import ConfigError, parse_task
+from semimed.build import check_unlabeled_pool, parse_task
+from semimed.config import ConfigError
 from semimed.data.preprocess import preprocess
 from semimed.data.sources import ingest
 from semimed.data.sources.validate import IngestError
-from semimed.data.splits import check_unlabeled_pool, make_splits
+from semimed.data.splits import make_splits
 
 
 def _params(default_params, task: str, data: dict, **sections) -> dict:

@@ -9,8 +9,9 @@ CT set ~30 MB), so items are gathered by index rather than through a DataLoader.
 * ``x_ulb_<v>`` (B*mu, 1, ...) for each view ``v`` in the method's ``views`` (default "w",
   "s"): independent weak ("w...") or strong ("s...") draws of the same unlabeled images, and
   ``i_ulb`` (B*mu,) their positions in the unlabeled pool -- only for methods with
-  ``uses_unlabeled``. The pool is the unlabeled split, or every train image for methods with
-  ``unlabeled_pool = "all"`` (self-supervised pretraining).
+  ``uses_unlabeled`` (a `StreamSpec`, which `semimed.build` derives from the method). The
+  pool is the unlabeled split, or every train image with ``unlabeled_pool = "all"``
+  (self-supervised pretraining).
 
 Sampling is driven by one `torch.Generator` and the augmentations' own RandomStates, all
 seeded from the run's seed. `TrainStream.state_dict()` holds all of them (and the rest of the
@@ -21,10 +22,8 @@ would. Under DDP every process draws the same global batch and keeps its own con
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,106 +38,26 @@ from monai.transforms import (
 )
 
 from semimed.config import ConfigError, TaskConfig
+from semimed.data.taskdata import TaskData
+from semimed.runtime import numpy_rng_state, set_numpy_rng_state
+from semimed.tasks import spec
 from semimed.transforms import seed_transform, strong_augment, weak_augment
 
 
-@dataclass
-class TaskData:
-    """A task's preprocessed data with its split.
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a training stream draws, in plain terms (built from a method by `semimed.build`).
 
-    classification: `images` (N, 1, H, W) float32 tensor, `labels` (N,) int64.
-    segmentation: `volumes[id] = (image (1, X, Y, Z) float32, label (1, X, Y, Z) uint8)`.
-    """
+    ``uses_unlabeled``: also draw unlabeled batches, one key ``x_ulb_<v>`` per entry of
+    ``views`` ("w..." an independent weak draw, "s..." a strong one) plus ``i_ulb``;
+    ``unlabeled_pool``: "unlabeled" (the unlabeled split) or "all" (every train item, labels
+    hidden); ``labeled_pool``: "labeled" (the labeled split) or "all" (every train label)."""
 
-    task: str
-    class_names: list[str]
-    split: dict
-    index: dict  # id -> row (classification)
-    images: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
-    volumes: dict | None = None
-    spacing: tuple[float, float, float] | None = None
-    # Multi-task classification: every target's name, class names and labels (N, T);
-    # `class_names` / `labels` are the primary (first) target's.
-    targets: tuple[str, ...] = ()
-    task_classes: tuple[list[str], ...] = ()
-    all_labels: torch.Tensor | None = None
-
-    @property
-    def num_classes(self) -> int:
-        """Classes of the primary target (segmentation: labels incl. background)."""
-        return len(self.class_names)
-
-    @property
-    def spatial_dims(self) -> int:
-        """Spatial axes of a network input: 2 (images) or 3 (volumes (N, C, D, H, W), CT)."""
-        return self.images.ndim - 2 if self.task == "classification" else 3
-
-    @property
-    def in_channels(self) -> int:
-        """Input channels of the network (1 grayscale, 3 RGB; CT volumes have 1)."""
-        return int(self.images.shape[1]) if self.task == "classification" else 1
-
-    @property
-    def task_sizes(self) -> tuple[int, ...]:
-        """Classes per target: the network's logits are their concatenation."""
-        return tuple(len(c) for c in self.task_classes) or (self.num_classes,)
-
-    def arrays(self, ids: list[str], all_tasks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Classification images (N, 1, H, W) and labels (N,), or (N, T) with `all_tasks`."""
-        rows = torch.as_tensor([self.index[i] for i in ids], dtype=torch.long)
-        return self.images[rows], (self.all_labels if all_tasks else self.labels)[rows]
-
-
-def load_task_data(cfg: TaskConfig, processed: Path, splits_path: Path) -> TaskData:
-    """Read the preprocess and split outputs; ids in the split must exist in the manifest."""
-    processed = Path(processed)
-    manifest = json.loads((processed / "manifest.json").read_text())
-    split = json.loads(Path(splits_path).read_text())
-    known = {r["id"] for r in manifest["records"]}
-    for name in ("train_labeled", "train_unlabeled", "val", "test"):
-        missing = [i for i in split[name] if i not in known]
-        if missing:
-            raise ConfigError(f"{splits_path}: {name} lists unknown id {missing[0]!r}")
-    if cfg.task == "classification":
-        targets = cfg.data.targets
-        images = torch.from_numpy(np.load(processed / "images.npy"))
-        # -1: unknown label (an unlabeled item: only ever drawn by the unlabeled stream)
-        labels = torch.tensor(
-            [[_label(r, t) for t in targets] for r in manifest["records"]], dtype=torch.long
-        )
-        index = {r["id"]: k for k, r in enumerate(manifest["records"])}
-        classes = tuple(manifest["classes"][t] for t in targets)
-        return TaskData(
-            "classification",
-            classes[0],
-            split,
-            index,
-            images,
-            labels[:, 0].contiguous(),
-            targets=tuple(targets),
-            task_classes=classes,
-            all_labels=labels,
-        )
-    volumes = {}
-    for rec in manifest["records"]:
-        image = np.load(processed / f"{rec['id']}_image.npy")
-        labeled = rec.get("labeled", True)
-        label = np.load(processed / f"{rec['id']}_label.npy") if labeled else None
-        volumes[rec["id"]] = (image, label)
-    return TaskData(
-        "segmentation",
-        manifest["classes"],
-        split,
-        {},
-        volumes=volumes,
-        spacing=tuple(manifest["spacing"]),
-    )
-
-
-def _label(record: dict, target: str) -> int:
-    labels = record["labels"]
-    return -1 if labels is None or labels.get(target) is None else labels[target]
+    name: str
+    uses_unlabeled: bool = False
+    views: tuple[str, ...] = ("w", "s")
+    unlabeled_pool: str = "unlabeled"
+    labeled_pool: str = "labeled"
 
 
 class _IndexStream:
@@ -156,30 +75,30 @@ class _IndexStream:
         return out
 
 
-def unlabeled_pool(data: TaskData, method_cls) -> list[str]:
-    """Ids of the unlabeled stream of `method_cls` (``i_ulb`` indexes this list)."""
-    if not method_cls.uses_unlabeled:
+def unlabeled_pool(data: TaskData, stream: StreamSpec) -> list[str]:
+    """Ids of the unlabeled stream (``i_ulb`` indexes this list)."""
+    if not stream.uses_unlabeled:
         return []
-    if method_cls.unlabeled_pool == "all":
+    if stream.unlabeled_pool == "all":
         return data.split["train_labeled"] + data.split["train_unlabeled"]
     return data.split["train_unlabeled"]
 
 
-def labeled_ids(data: TaskData, method_cls) -> list[str]:
-    """Ids of the labeled stream of `method_cls` (every train label for upper bounds)."""
+def labeled_ids(data: TaskData, stream: StreamSpec) -> list[str]:
+    """Ids of the labeled stream (every train label for upper bounds)."""
     ids = data.split["train_labeled"]
-    if method_cls.labeled_pool == "all":  # items without labels stay out
+    if stream.labeled_pool == "all":  # items without labels stay out
         no_label = set(data.split.get("unlabeled_only", ()))
         ids = ids + [i for i in data.split["train_unlabeled"] if i not in no_label]
     return ids
 
 
-def labeled_class_counts(data: TaskData, method_cls) -> list[float]:
-    """Labels per class of `method_cls`'s labeled pool: voxels (segmentation, counted on the
+def labeled_class_counts(data: TaskData, stream: StreamSpec) -> list[float]:
+    """Labels per class of the stream's labeled pool: voxels (segmentation, counted on the
     preprocessed volumes) or images of the primary target (classification)."""
-    ids = labeled_ids(data, method_cls)
+    ids = labeled_ids(data, stream)
     c = data.num_classes
-    if data.task == "classification":
+    if not spec(data.task).dense:
         labels = data.arrays(ids)[1].reshape(-1).long()
         return torch.bincount(labels, minlength=c).float().tolist()
     counts = np.zeros(c, dtype=np.float64)
@@ -189,7 +108,7 @@ def labeled_class_counts(data: TaskData, method_cls) -> list[float]:
 
 
 class TrainStream:
-    """Endless training batches for `method_cls` (see the module docstring).
+    """Endless training batches as `stream` describes them (see the module docstring).
 
     `rank` / `world`: this process's share of every batch under DDP; `cfg.train.batch_size`
     is the global batch and must divide by `world`. Iterate with `next(stream)`.
@@ -199,26 +118,26 @@ class TrainStream:
         self,
         data: TaskData,
         cfg: TaskConfig,
-        method_cls,
+        stream: StreamSpec,
         seed: int,
         device,
         rank: int = 0,
         world: int = 1,
     ):
-        lab_ids = labeled_ids(data, method_cls)
-        ulb_ids = unlabeled_pool(data, method_cls)
-        if method_cls.uses_unlabeled and not ulb_ids:
+        lab_ids = labeled_ids(data, stream)
+        ulb_ids = unlabeled_pool(data, stream)
+        if stream.uses_unlabeled and not ulb_ids:
             raise ConfigError(
-                f"{cfg.task}: method {method_cls.name!r} needs unlabeled data but the unlabeled "
+                f"{cfg.task}: method {stream.name!r} needs unlabeled data but the unlabeled "
                 "pool is empty (split.labeled_percent is 100?)"
             )
-        self.task, self.device, self.rank, self.world = data.task, device, rank, world
+        self.dense, self.device, self.rank, self.world = spec(data.task).dense, device, rank, world
         run_seed = seed * 1_000_003
         self.gen = torch.Generator().manual_seed(run_seed)
         b, mu = cfg.train.batch_size, cfg.train.unlabeled_ratio
         self.lab_stream = _IndexStream(len(lab_ids), b, self.gen)
         self.ulb_stream = _IndexStream(len(ulb_ids), b * mu, self.gen) if ulb_ids else None
-        flip = cfg.train.flip if data.task == "classification" else 0.0
+        flip = 0.0 if spec(data.task).dense else cfg.train.flip
         self.weak = seed_transform(weak_augment(data.task, flip=flip), run_seed % 2**31)
         # One transform per view, each with its own random stream: "w" and "w2" are independent.
         self.views = {
@@ -228,9 +147,9 @@ class TrainStream:
                 else strong_augment(data.task, flip=flip),
                 (run_seed + 1 + k) % 2**31,
             )
-            for k, v in enumerate(method_cls.views if ulb_ids else ())
+            for k, v in enumerate(stream.views if ulb_ids else ())
         }
-        if data.task == "classification":
+        if not spec(data.task).dense:
             self.x, self.y = data.arrays(lab_ids, all_tasks=len(data.task_sizes) > 1)
             self.u = data.arrays(ulb_ids)[0] if ulb_ids else None
             self.crops = ()
@@ -247,7 +166,7 @@ class TrainStream:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        batch = self._classification() if self.task == "classification" else self._segmentation()
+        batch = self._segmentation() if self.dense else self._classification()
         if self.world == 1:
             return batch
         # the whole global batch was drawn and augmented: keep this rank's contiguous share
@@ -320,26 +239,16 @@ class TrainStream:
 
 
 def train_batches(
-    data: TaskData, cfg: TaskConfig, method_cls, seed: int, device, rank: int = 0, world: int = 1
+    data: TaskData,
+    cfg: TaskConfig,
+    stream: StreamSpec,
+    seed: int,
+    device,
+    rank: int = 0,
+    world: int = 1,
 ) -> TrainStream:
-    """Endless training batches for `method_cls` (see `TrainStream`)."""
-    return TrainStream(data, cfg, method_cls, seed, device, rank, world)
-
-
-def numpy_rng_state(rs: np.random.RandomState) -> dict:
-    """A RandomState's MT19937 state as a tensor and numbers (weights_only-safe)."""
-    _, keys, pos, has_gauss, gauss = rs.get_state(legacy=True)
-    return {
-        "keys": torch.from_numpy(keys.astype(np.int64)),
-        "pos": pos,
-        "gauss": (has_gauss, gauss),
-    }
-
-
-def set_numpy_rng_state(rs: np.random.RandomState, state: dict) -> None:
-    has_gauss, gauss = state["gauss"]
-    keys = state["keys"].numpy().astype(np.uint32)
-    rs.set_state(("MT19937", keys, int(state["pos"]), int(has_gauss), float(gauss)))
+    """Endless training batches as `stream` describes them (see `TrainStream`)."""
+    return TrainStream(data, cfg, stream, seed, device, rank, world)
 
 
 def _views(views: dict, images: torch.Tensor, positions: torch.Tensor) -> dict:

@@ -32,6 +32,7 @@ from monai.transforms import (
 
 from semimed.config import ConfigError, TaskConfig
 from semimed.io import atomic_dir, write_json_atomic
+from semimed.tasks import spec
 
 
 def _grayscale(im):
@@ -118,10 +119,10 @@ def preprocess(cfg: TaskConfig, in_dir: Path, out_dir: Path) -> dict:
     """Run the task's MONAI chain over every ingested record; write `out_dir` atomically."""
     manifest = _load_manifest(Path(in_dir))
     with atomic_dir(out_dir) as tmp:
-        if cfg.task == "classification":
-            out = _preprocess_classification(cfg, manifest, tmp)
-        else:
+        if spec(cfg.task).dense:
             out = _preprocess_segmentation(cfg, manifest, tmp)
+        else:
+            out = _preprocess_classification(cfg, manifest, tmp)
         write_json_atomic(tmp / "manifest.json", out)
     return out
 

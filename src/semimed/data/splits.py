@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from semimed.config import ConfigError, Split
+from semimed.tasks import spec
 
 
 def _take_fold(ids, y, groups, percent: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +73,8 @@ def make_splits(manifest: dict, cfg: Split, targets=None) -> dict:
     if isinstance(targets, str):
         targets = (targets,)
     labeled_mask = np.array([_has_labels(r, targets) for r in records])
-    if manifest["task"] == "classification":
+    dense = spec(manifest["task"]).dense
+    if not dense:
         target = targets[0]
         y = np.array(
             [r["labels"][target] if m else -1 for r, m in zip(records, labeled_mask, strict=True)]
@@ -89,7 +91,7 @@ def make_splits(manifest: dict, cfg: Split, targets=None) -> dict:
         labeled = parts["train_labeled"]
     else:
         lab = _labeled_subset(y[train], cfg.labeled_percent, num_classes, cfg.seed)
-        if manifest["task"] == "segmentation":
+        if dense:  # every organ in at least one labeled volume
             lab = _cover_classes(records, train, lab, len(manifest["classes"]))
         labeled = train[lab]
     pool = np.setdiff1d(np.concatenate([train, parts["unlabeled_only"]]), labeled)
@@ -179,7 +181,7 @@ def _assert_grouped(split: dict, group_of: dict) -> None:
 
 def _assert_all_classes(records, labeled_ids, manifest, target) -> None:
     by_id = {r["id"]: r for r in records}
-    if manifest["task"] == "classification":
+    if spec(manifest["task"]).has_targets:
         names = manifest["classes"][target]
         seen = {by_id[i]["labels"][target] for i in labeled_ids}
     else:
@@ -190,21 +192,4 @@ def _assert_all_classes(records, labeled_ids, manifest, target) -> None:
         raise ConfigError(
             f"split: no labeled training example of class(es) {', '.join(missing)}; "
             "raise split.labeled_percent or bring more data"
-        )
-
-
-def check_unlabeled_pool(cfg, split: dict) -> None:
-    """Semi-supervised methods need unlabeled items: say so now, not deep in training."""
-    from semimed.methods import get_method
-
-    ssl = [
-        m
-        for m in cfg.methods
-        if get_method(cfg.task, m).uses_unlabeled
-        and get_method(cfg.task, m).unlabeled_pool != "all"
-    ]
-    if ssl and not split["train_unlabeled"]:
-        raise ConfigError(
-            f"{cfg.task}.split: the unlabeled pool is empty, but {', '.join(ssl)} need unlabeled "
-            "data; lower split.labeled_percent or add unlabeled items to data.root"
         )

@@ -1,44 +1,42 @@
-"""Training methods by task and name: ``get_method("classification", "fixmatch")``.
+"""Training methods by task and name: ``METHODS["classification"]["fixmatch"]``.
 
-Adding a method = one file under ``classification/`` or ``segmentation/``, one entry below,
-one test and one params block. Keys equal each class's ``name``.
+Each task's registry is the explicit ``METHODS`` dict of its package
+(`semimed.methods.classification`, `semimed.methods.segmentation`), imported on first use, so
+that one task's code never depends on the other task's methods (a change to a segmentation
+method does not re-run classification stages). Adding a method = one file under
+``classification/`` or ``segmentation/``, one entry in that package's ``METHODS``, one test
+and one params block.
 """
 
 from __future__ import annotations
 
-from semimed.methods import classification, segmentation
+import importlib
+from collections.abc import Iterator, Mapping
+
 from semimed.methods.base import Method
 
-METHODS: dict[str, dict[str, type[Method]]] = {
-    "classification": {
-        "supervised": classification.Supervised,
-        "supervised_full": classification.SupervisedFull,
-        "fixmatch": classification.FixMatch,
-        "mean_teacher": classification.MeanTeacher,
-        "pseudo_label": classification.PseudoLabel,
-        "mixmatch": classification.MixMatch,
-        "freematch": classification.FreeMatch,
-        "tear": classification.TEAR,
-        "simclr": classification.SimCLR,
-    },
-    "segmentation": {
-        "supervised": segmentation.Supervised,
-        "supervised_full": segmentation.SupervisedFull,
-        "mean_teacher": segmentation.MeanTeacher,
-        "uamt": segmentation.UAMT,
-        "cps": segmentation.CrossPseudoSupervision,
-        "urpc": segmentation.URPC,
-        "dhc": segmentation.DHC,
-        "crest": segmentation.CReST,
-        "simis": segmentation.SimiS,
-        "depl": segmentation.DePL,
-        "adsh": segmentation.Adsh,
-        "cld": segmentation.CLD,
-        "dst": segmentation.DST,
-        "ssnet": segmentation.SSNet,
-        "acisis": segmentation.AcISIS,
-    },
+PACKAGES = {
+    "classification": "semimed.methods.classification",
+    "segmentation": "semimed.methods.segmentation",
 }
+
+
+class _Registry(Mapping):
+    """task -> {name: Method class}; a task's package is imported when first asked for."""
+
+    def __getitem__(self, task: str) -> dict[str, type[Method]]:
+        if task not in PACKAGES:
+            raise KeyError(task)
+        return importlib.import_module(PACKAGES[task]).METHODS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PACKAGES)
+
+    def __len__(self) -> int:
+        return len(PACKAGES)
+
+
+METHODS: Mapping[str, dict[str, type[Method]]] = _Registry()
 
 
 def get_method(task: str, name: str) -> type[Method]:
@@ -51,4 +49,4 @@ def get_method(task: str, name: str) -> type[Method]:
     return METHODS[task][name]
 
 
-__all__ = ["METHODS", "Method", "get_method"]
+__all__ = ["METHODS", "PACKAGES", "Method", "get_method"]

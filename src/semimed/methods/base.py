@@ -32,13 +32,24 @@ class Method(nn.Module):
     # "labeled" -> the labeled split only; "all" -> every train-split label (upper bound).
     labeled_pool: ClassVar[str] = "labeled"
     # True -> trains one head per task when params list several targets (``y_lb`` (B, T));
-    # the other methods learn the primary target only and the config refuses several.
+    # the other methods learn the primary target only and the build layer refuses several.
     multitask: ClassVar[bool] = False
     # True -> the network is built with deep-supervision outputs (training mode returns
-    # (B, 1 + K, C, ...), see semimed.seg_networks); the config then requires such a network.
+    # (B, 1 + K, C, ...), see semimed.networks.segmentation); the build layer then requires such a network.
     deep_supervision: ClassVar[bool] = False
-    # Frozen dataclass of hyper-parameters; validated in its __post_init__.
+    # Frozen dataclass of hyper-parameters, a ``semimed.config.Checked``: each field declares
+    # its accepted values (``Annotated[float, Range(ge=0, lt=1)]``), checked on construction.
     Params: ClassVar[type]
+    # Intrinsic cost of one training step, the benchmark's yardstick for what a step should
+    # cost: ``intrinsic_passes(b, u, params) -> (forwarded, back_propagated)``, the images
+    # forwarded and back-propagated through the task's network(s) per step for b labeled and
+    # u unlabeled images (segmentation: crops) and this method's Params; cost = forward
+    # + 2 * backward (``supervised``: 3 b). A staticmethod, so ``cls.intrinsic_passes(...)``
+    # works on the class; shared rules live in ``semimed.methods.cost``. ``intrinsic_why``:
+    # one line saying where those passes come from. Every registered method declares both
+    # (a subclass inherits them unless it declares its own).
+    intrinsic_passes: ClassVar[Callable[[int, int, Any], tuple[int, int]]]
+    intrinsic_why: ClassVar[str]
 
     def __init__(
         self,

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
+from semimed.config.checks import Checked, Range
 from semimed.ema import make_teacher, update_ema, warmup_decay
 from semimed.losses import ramped_terms, softmax_mse
 from semimed.methods.base import Method
+from semimed.methods.cost import teacher_pass
 
 
 class MeanTeacher(Method):
@@ -37,18 +39,16 @@ class MeanTeacher(Method):
     uses_unlabeled = True
 
     @dataclass(frozen=True)
-    class Params:
-        ema_decay: float = 0.99  # teacher EMA decay per step, [0, 1)
-        consistency: float = 1.0  # final weight of the softmax-MSE consistency term, >= 0
-        rampup: float = 0.4  # share of total_steps over which the weight ramps up, [0, 1]
+    class Params(Checked):
+        # teacher EMA decay per step
+        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.99
+        # final weight of the softmax-MSE consistency term
+        consistency: Annotated[float, Range(ge=0)] = 1.0
+        # share of total_steps over which the weight ramps up
+        rampup: Annotated[float, Range(ge=0, le=1)] = 0.4
 
-        def __post_init__(self) -> None:
-            if not 0.0 <= self.ema_decay < 1.0:
-                raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
-            if self.consistency < 0.0:
-                raise ValueError(f"consistency: must be >= 0, got {self.consistency}")
-            if not 0.0 <= self.rampup <= 1.0:
-                raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
+    intrinsic_passes = staticmethod(teacher_pass)
+    intrinsic_why = "student on labeled + strong; EMA teacher on weak, no grad"
 
     def __init__(self, net_factory: Callable[[], nn.Module], *args: Any, **kwargs: Any) -> None:
         super().__init__(net_factory, *args, **kwargs)

@@ -42,6 +42,7 @@ from semimed.data.sources.validate import (
     require_dir,
 )
 from semimed.io import atomic_dir, write_json_atomic
+from semimed.tasks import spec
 
 SOURCES = {
     "classification": {
@@ -80,7 +81,7 @@ def ingest(cfg: TaskConfig, out_dir: Path) -> dict:
         where = f"{key}.source={source} ({cfg.data.root})"
         check_unique_ids(index.records, where)
         check_split_groups(index.records, where)
-        if cfg.task == "classification":
+        if spec(cfg.task).has_targets:
             check_targets(index.classes, cfg.data.targets, source)
         for line in index.warnings:
             print(f"warning: {line}", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""Classification methods, one file each; registered in ``semimed.methods.METHODS``."""
+"""Classification methods, one file each, and their registry ``METHODS`` (name -> class).
+
+Keys equal each class's ``name``; ``semimed.methods.METHODS["classification"]`` is this dict."""
 
 from semimed.methods.classification.fixmatch import FixMatch
 from semimed.methods.classification.freematch import FreeMatch
@@ -9,7 +11,20 @@ from semimed.methods.classification.simclr import SimCLR
 from semimed.methods.classification.supervised import Supervised, SupervisedFull
 from semimed.methods.classification.tear import TEAR
 
+METHODS = {
+    "supervised": Supervised,
+    "supervised_full": SupervisedFull,
+    "fixmatch": FixMatch,
+    "mean_teacher": MeanTeacher,
+    "pseudo_label": PseudoLabel,
+    "mixmatch": MixMatch,
+    "freematch": FreeMatch,
+    "tear": TEAR,
+    "simclr": SimCLR,
+}
+
 __all__ = [
+    "METHODS",
     "TEAR",
     "FixMatch",
     "FreeMatch",

@@ -16,13 +16,16 @@ which samples pass the threshold (labels are hard); T = 1 is the paper. An EMA o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from semimed.config.checks import Checked, Range
 from semimed.losses import confident_pseudo_label_loss
 from semimed.methods.base import EvaluatesEMA
+from semimed.methods.cost import joint_pass
 
 
 class FixMatch(EvaluatesEMA):
@@ -32,21 +35,18 @@ class FixMatch(EvaluatesEMA):
     uses_unlabeled = True
 
     @dataclass(frozen=True)
-    class Params:
-        threshold: float = 0.95  # confidence tau a pseudo-label needs to count, [0, 1]
-        lambda_u: float = 1.0  # weight of the unsupervised term, >= 0
-        temperature: float = 1.0  # T of the softmax that gives confidences, > 0
-        ema_decay: float = 0.999  # decay of the evaluated EMA model, [0, 1); 0 = no EMA
+    class Params(Checked):
+        # confidence tau a pseudo-label needs to count
+        threshold: Annotated[float, Range(ge=0, le=1)] = 0.95
+        # weight of the unsupervised term
+        lambda_u: Annotated[float, Range(ge=0)] = 1.0
+        # T of the softmax that gives confidences
+        temperature: Annotated[float, Range(gt=0)] = 1.0
+        # decay of the evaluated EMA model; 0 = no EMA
+        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.999
 
-        def __post_init__(self) -> None:
-            if not 0.0 <= self.threshold <= 1.0:
-                raise ValueError(f"threshold: must be in [0, 1], got {self.threshold}")
-            if self.lambda_u < 0.0:
-                raise ValueError(f"lambda_u: must be >= 0, got {self.lambda_u}")
-            if self.temperature <= 0.0:
-                raise ValueError(f"temperature: must be > 0, got {self.temperature}")
-            if not 0.0 <= self.ema_decay < 1.0:
-                raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
+    intrinsic_passes = staticmethod(joint_pass)
+    intrinsic_why = "labeled + weak + strong in ONE pass (BN sees the mixed batch)"
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x_lb, x_ulb_w, x_ulb_s = batch["x_lb"], batch["x_ulb_w"], batch["x_ulb_s"]

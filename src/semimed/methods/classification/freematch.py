@@ -39,12 +39,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semimed.config.checks import Checked, OneOf, Range
 from semimed.losses import masked_cross_entropy
 from semimed.methods.base import EvaluatesEMA
 
@@ -91,24 +92,23 @@ class FreeMatch(EvaluatesEMA):
     uses_unlabeled = True
 
     @dataclass(frozen=True)
-    class Params:
-        momentum: float = 0.999  # EMA momentum m of tau, p_t and h_t, [0, 1)
-        lambda_u: float = 1.0  # weight w_u of the masked pseudo-label CE, >= 0
-        lambda_f: float = 0.01  # weight w_f of the self-adaptive fairness term, >= 0
-        gate: bool = False  # Fix-A-Step: drop the unlabeled terms when gradients conflict
-        ema_decay: float = 0.999  # decay of the evaluated EMA model, [0, 1); 0 = no EMA
+    class Params(Checked):
+        # EMA momentum m of tau, p_t and h_t
+        momentum: Annotated[float, Range(ge=0, lt=1)] = 0.999
+        # weight w_u of the masked pseudo-label CE
+        lambda_u: Annotated[float, Range(ge=0)] = 1.0
+        # weight w_f of the self-adaptive fairness term
+        lambda_f: Annotated[float, Range(ge=0)] = 0.01
+        # Fix-A-Step: drop the unlabeled terms when gradients conflict
+        gate: Annotated[bool, OneOf(True, False)] = False
+        # decay of the evaluated EMA model; 0 = no EMA
+        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.999
 
-        def __post_init__(self) -> None:
-            if not 0.0 <= self.momentum < 1.0:
-                raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
-            if self.lambda_u < 0.0:
-                raise ValueError(f"lambda_u: must be >= 0, got {self.lambda_u}")
-            if self.lambda_f < 0.0:
-                raise ValueError(f"lambda_f: must be >= 0, got {self.lambda_f}")
-            if not isinstance(self.gate, bool):
-                raise ValueError(f"gate: must be true or false, got {self.gate!r}")
-            if not 0.0 <= self.ema_decay < 1.0:
-                raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
+    intrinsic_why = "as FixMatch; the Fix-A-Step gate adds two backward passes"
+
+    @staticmethod
+    def intrinsic_passes(b: int, u: int, params: FreeMatch.Params) -> tuple[int, int]:
+        return b + 2 * u, (3 if params.gate else 1) * (b + 2 * u)
 
     def __init__(
         self,

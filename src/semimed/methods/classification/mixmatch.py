@@ -32,11 +32,13 @@ Choices here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from semimed.config.checks import Checked, Range
 from semimed.losses import linear_rampup, mixup, sharpen
 from semimed.methods.base import EvaluatesEMA
 
@@ -49,24 +51,23 @@ class MixMatch(EvaluatesEMA):
     views = ("w", "w2")
 
     @dataclass(frozen=True)
-    class Params:
-        temperature: float = 0.5  # sharpening temperature T of the guessed labels, (0, 1]
-        alpha: float = 0.75  # Beta(alpha, alpha) of the MixUp coefficient, >= 0; 0 = no MixUp
-        lambda_u: float = 75.0  # final weight of the L2 unsupervised term, >= 0
-        rampup: float = 0.016  # share of total_steps over which lambda_u ramps up, [0, 1]
-        ema_decay: float = 0.999  # decay of the evaluated EMA model, [0, 1); 0 = no EMA
+    class Params(Checked):
+        # sharpening temperature T of the guessed labels
+        temperature: Annotated[float, Range(gt=0, le=1)] = 0.5
+        # Beta(alpha, alpha) of the MixUp coefficient; 0 = no MixUp
+        alpha: Annotated[float, Range(ge=0)] = 0.75
+        # final weight of the L2 unsupervised term
+        lambda_u: Annotated[float, Range(ge=0)] = 75.0
+        # share of total_steps over which lambda_u ramps up
+        rampup: Annotated[float, Range(ge=0, le=1)] = 0.016
+        # decay of the evaluated EMA model; 0 = no EMA
+        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.999
 
-        def __post_init__(self) -> None:
-            if not 0.0 < self.temperature <= 1.0:
-                raise ValueError(f"temperature: must be in (0, 1], got {self.temperature}")
-            if self.alpha < 0.0:
-                raise ValueError(f"alpha: must be >= 0, got {self.alpha}")
-            if self.lambda_u < 0.0:
-                raise ValueError(f"lambda_u: must be >= 0, got {self.lambda_u}")
-            if not 0.0 <= self.rampup <= 1.0:
-                raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
-            if not 0.0 <= self.ema_decay < 1.0:
-                raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
+    intrinsic_why = "no-grad guess on both weak views, then one pass over the mixed batch"
+
+    @staticmethod
+    def intrinsic_passes(b: int, u: int, params: MixMatch.Params) -> tuple[int, int]:
+        return b + 4 * u, b + 2 * u
 
     def draw_mixup(self, n: int) -> tuple[float, Tensor]:
         """``lam' = max(lam, 1 - lam)``, ``lam ~ Beta(alpha, alpha)``, and a permutation (n,)."""

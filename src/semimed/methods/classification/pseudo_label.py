@@ -24,13 +24,16 @@ Labeled, weak and strong images share one forward pass, as in FixMatch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from semimed.config.checks import Checked, Range
 from semimed.losses import confident_pseudo_label_loss, linear_rampup
 from semimed.methods.base import Method
+from semimed.methods.cost import joint_pass
 
 
 class PseudoLabel(Method):
@@ -40,18 +43,16 @@ class PseudoLabel(Method):
     uses_unlabeled = True
 
     @dataclass(frozen=True)
-    class Params:
-        threshold: float = 0.95  # confidence a pseudo-label needs to count, [0, 1]
-        lambda_u: float = 1.0  # final weight of the unsupervised term, >= 0
-        rampup: float = 0.4  # share of total_steps over which lambda_u ramps up linearly, [0, 1]
+    class Params(Checked):
+        # confidence a pseudo-label needs to count
+        threshold: Annotated[float, Range(ge=0, le=1)] = 0.95
+        # final weight of the unsupervised term
+        lambda_u: Annotated[float, Range(ge=0)] = 1.0
+        # share of total_steps over which lambda_u ramps up linearly
+        rampup: Annotated[float, Range(ge=0, le=1)] = 0.4
 
-        def __post_init__(self) -> None:
-            if not 0.0 <= self.threshold <= 1.0:
-                raise ValueError(f"threshold: must be in [0, 1], got {self.threshold}")
-            if self.lambda_u < 0.0:
-                raise ValueError(f"lambda_u: must be >= 0, got {self.lambda_u}")
-            if not 0.0 <= self.rampup <= 1.0:
-                raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
+    intrinsic_passes = staticmethod(joint_pass)
+    intrinsic_why = "as FixMatch: one pass over labeled, weak and strong"
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x_lb, x_ulb_w, x_ulb_s = batch["x_lb"], batch["x_ulb_w"], batch["x_ulb_s"]

@@ -36,11 +36,12 @@ scores are chance level (a random head once scored 0.48 mid-pretraining, above t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
+from semimed.config.checks import Checked, Range
 from semimed.losses import nt_xent
 from semimed.methods.base import Method
 from semimed.multitask import multitask_cross_entropy
@@ -59,28 +60,27 @@ class SimCLR(Method):
     multitask = True
 
     @dataclass(frozen=True)
-    class Params:
-        temperature: float = 0.5  # NT-Xent temperature, > 0 (seed 001: 0.5)
-        proj_hidden: int = 512  # hidden width of the projection MLP, >= 1
-        proj_dim: int = 128  # output width of the projection MLP, >= 1
-        window: int = 10  # steps per window of the mean contrastive loss, >= 1
-        patience: int = 5  # windows without improvement before the probe starts, >= 1 (seed 001: 5)
-        min_delta: float = 0.0  # decrease of the window mean that counts, loss units, >= 0
-        max_pretrain_fraction: float = 0.7  # share of total_steps that ends pretraining, (0, 1)
+    class Params(Checked):
+        # NT-Xent temperature (seed 001: 0.5)
+        temperature: Annotated[float, Range(gt=0)] = 0.5
+        # hidden width of the projection MLP
+        proj_hidden: Annotated[int, Range(ge=1)] = 512
+        # output width of the projection MLP
+        proj_dim: Annotated[int, Range(ge=1)] = 128
+        # steps per window of the mean contrastive loss
+        window: Annotated[int, Range(ge=1)] = 10
+        # windows without improvement before the probe starts (seed 001: 5)
+        patience: Annotated[int, Range(ge=1)] = 5
+        # decrease of the window mean that counts, loss units
+        min_delta: Annotated[float, Range(ge=0)] = 0.0
+        # share of total_steps that ends pretraining
+        max_pretrain_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.7
 
-        def __post_init__(self) -> None:
-            rules = {
-                "temperature": (self.temperature > 0.0, "> 0"),
-                "proj_hidden": (self.proj_hidden >= 1, ">= 1"),
-                "proj_dim": (self.proj_dim >= 1, ">= 1"),
-                "window": (self.window >= 1, ">= 1"),
-                "patience": (self.patience >= 1, ">= 1"),
-                "min_delta": (self.min_delta >= 0.0, ">= 0"),
-                "max_pretrain_fraction": (0.0 < self.max_pretrain_fraction < 1.0, "in (0, 1)"),
-            }
-            for key, (ok, rule) in rules.items():
-                if not ok:
-                    raise ValueError(f"{key}: must be {rule}, got {getattr(self, key)!r}")
+    intrinsic_why = "pretraining: backbone on two strong views (the later linear probe is cheaper)"
+
+    @staticmethod
+    def intrinsic_passes(b: int, u: int, params: SimCLR.Params) -> tuple[int, int]:
+        return 2 * u, 2 * u
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -12,10 +12,13 @@ Both are multi-task: with several targets, one head per task and the sum of thei
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import Tensor
 
+from semimed.config.checks import Checked, Range
 from semimed.methods.base import Method
+from semimed.methods.cost import labeled_pass
 from semimed.multitask import multitask_cross_entropy
 
 
@@ -26,12 +29,12 @@ class Supervised(Method):
     multitask = True
 
     @dataclass(frozen=True)
-    class Params:
-        label_smoothing: float = 0.0  # share of target mass spread uniformly over classes, [0, 1)
+    class Params(Checked):
+        # share of target mass spread uniformly over classes
+        label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.0
 
-        def __post_init__(self) -> None:
-            if not 0.0 <= self.label_smoothing < 1.0:
-                raise ValueError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+    intrinsic_passes = staticmethod(labeled_pass)
+    intrinsic_why = "one pass over the labeled batch"
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         logits = self.net(batch["x_lb"])
@@ -46,3 +49,4 @@ class SupervisedFull(Supervised):
 
     name = "supervised_full"
     labeled_pool = "all"
+    intrinsic_why = "as supervised, with every train label"

@@ -47,12 +47,13 @@ step on a GPU (the Hungarian matching runs on the CPU).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semimed.config.checks import Checked, OneOf, Range
 from semimed.ema import make_teacher, update_ema, warmup_decay
 from semimed.losses import (
     confident_pseudo_label_loss,
@@ -91,38 +92,37 @@ class TEAR(Method):
     views = ("w", "s")
 
     @dataclass(frozen=True)
-    class Params:
-        threshold: float = 0.95  # aligned teacher confidence a hard pseudo-label needs, [0, 1]
-        lambda_u: float = 1.0  # weight of the FixMatch term, >= 0
-        ema_decay: float = 0.999  # teacher EMA decay per step (teacher is evaluated), [0, 1)
-        da_length: int = 32  # batch-mean predictions averaged by distribution alignment, >= 1
-        lambda_adapl: float = 0.1  # weight of the AdaPL term, >= 0
-        adapl_distance: str = "mse"  # D between soft target and student; choices: mse, kl
-        adapl_gamma: float = 1.0  # gamma of 1 / (k + exp(-gamma m)), [1, 4]
-        adapl_k: float = 1.0  # k of the same sigmoid: temperatures in [1/(k+1), 1/k), >= 1
-        adapl_min_weight: float = 0.5  # floor of a sample's AdaPL weight, [0, 1]
-        adapl_momentum: float = 0.7  # EMA momentum of a sample's loss estimate per visit, [0, 1)
-        lambda_iph: float = 0.1  # weight of the IPH term, >= 0
-        iph_iters: int = 5  # Lloyd iterations of the per-batch k-means, >= 1
+    class Params(Checked):
+        # aligned teacher confidence a hard pseudo-label needs
+        threshold: Annotated[float, Range(ge=0, le=1)] = 0.95
+        # weight of the FixMatch term
+        lambda_u: Annotated[float, Range(ge=0)] = 1.0
+        # teacher EMA decay per step (teacher is evaluated)
+        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.999
+        # batch-mean predictions averaged by distribution alignment
+        da_length: Annotated[int, Range(ge=1)] = 32
+        # weight of the AdaPL term
+        lambda_adapl: Annotated[float, Range(ge=0)] = 0.1
+        # D between soft target and student
+        adapl_distance: Annotated[str, OneOf(*DISTANCES)] = "mse"
+        # gamma of 1 / (k + exp(-gamma m))
+        adapl_gamma: Annotated[float, Range(ge=1, le=4)] = 1.0
+        # k of the same sigmoid: temperatures in [1/(k+1), 1/k)
+        adapl_k: Annotated[float, Range(ge=1)] = 1.0
+        # floor of a sample's AdaPL weight
+        adapl_min_weight: Annotated[float, Range(ge=0, le=1)] = 0.5
+        # EMA momentum of a sample's loss estimate per visit
+        adapl_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.7
+        # weight of the IPH term
+        lambda_iph: Annotated[float, Range(ge=0)] = 0.1
+        # Lloyd iterations of the per-batch k-means
+        iph_iters: Annotated[int, Range(ge=1)] = 5
 
-        def __post_init__(self) -> None:
-            rules = {
-                "threshold": (0.0 <= self.threshold <= 1.0, "in [0, 1]"),
-                "lambda_u": (self.lambda_u >= 0.0, ">= 0"),
-                "ema_decay": (0.0 <= self.ema_decay < 1.0, "in [0, 1)"),
-                "da_length": (self.da_length >= 1, ">= 1"),
-                "lambda_adapl": (self.lambda_adapl >= 0.0, ">= 0"),
-                "adapl_distance": (self.adapl_distance in DISTANCES, f"one of {DISTANCES}"),
-                "adapl_gamma": (1.0 <= self.adapl_gamma <= 4.0, "in [1, 4]"),
-                "adapl_k": (self.adapl_k >= 1.0, ">= 1"),
-                "adapl_min_weight": (0.0 <= self.adapl_min_weight <= 1.0, "in [0, 1]"),
-                "adapl_momentum": (0.0 <= self.adapl_momentum < 1.0, "in [0, 1)"),
-                "lambda_iph": (self.lambda_iph >= 0.0, ">= 0"),
-                "iph_iters": (self.iph_iters >= 1, ">= 1"),
-            }
-            for key, (ok, rule) in rules.items():
-                if not ok:
-                    raise ValueError(f"{key}: must be {rule}, got {getattr(self, key)!r}")
+    intrinsic_why = "student on labeled + weak + strong; EMA teacher on weak, no grad"
+
+    @staticmethod
+    def intrinsic_passes(b: int, u: int, params: TEAR.Params) -> tuple[int, int]:
+        return b + 3 * u, b + 2 * u
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

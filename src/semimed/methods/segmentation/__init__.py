@@ -1,4 +1,6 @@
-"""Segmentation methods, one file each; registered in ``semimed.methods.METHODS``."""
+"""Segmentation methods, one file each, and their registry ``METHODS`` (name -> class).
+
+Keys equal each class's ``name``; ``semimed.methods.METHODS["segmentation"]`` is this dict."""
 
 from semimed.methods.segmentation.acisis import AcISIS
 from semimed.methods.segmentation.adsh import Adsh
@@ -15,7 +17,26 @@ from semimed.methods.segmentation.supervised import Supervised, SupervisedFull
 from semimed.methods.segmentation.uamt import UAMT
 from semimed.methods.segmentation.urpc import URPC
 
+METHODS = {
+    "supervised": Supervised,
+    "supervised_full": SupervisedFull,
+    "mean_teacher": MeanTeacher,
+    "uamt": UAMT,
+    "cps": CrossPseudoSupervision,
+    "urpc": URPC,
+    "dhc": DHC,
+    "crest": CReST,
+    "simis": SimiS,
+    "depl": DePL,
+    "adsh": Adsh,
+    "cld": CLD,
+    "dst": DST,
+    "ssnet": SSNet,
+    "acisis": AcISIS,
+}
+
 __all__ = [
+    "METHODS",
     "DHC",
     "UAMT",
     "URPC",

@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
 from semimed.class_weights import class_sampling_mask, ema_, label_class_sums, sampling_rates
+from semimed.config.checks import Range
 from semimed.losses import masked_cross_entropy, ramped_terms
+from semimed.methods.cost import teacher_pass
 from semimed.methods.segmentation.mean_teacher import MeanTeacher
 
 # Fuzzy rank fusion constants (the method's, not tunable): a penalised rank takes the Gompertz
@@ -92,24 +94,23 @@ class AcISIS(MeanTeacher):
 
     @dataclass(frozen=True)
     class Params(MeanTeacher.Params):
-        ema_decay: float = 0.99  # teacher EMA decay per step (DHC), [0, 1)
-        consistency: float = 1.0  # weight of the sampled pseudo-label CE (DHC cps_w 1), >= 0
-        rampup: float = 0.0  # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
-        score_momentum: float = 0.99  # EMA momentum of the class scores CC per step, [0, 1)
-        penalised: int = 2  # classes per indicator given the penalty rank (DHC Synapse), >= 0
-        rate_power: float = 2.5  # lambda, exponent of the sampling rates (DHC), > 0
-        stabilise_power: float = 1.5  # beta, exponent of the voxel confidence (DHC), >= 0
+        # teacher EMA decay per step (DHC), [0, 1)
+        ema_decay: float = 0.99
+        # weight of the sampled pseudo-label CE (DHC cps_w 1), >= 0
+        consistency: float = 1.0
+        # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
+        rampup: float = 0.0
+        # EMA momentum of the class scores CC per step
+        score_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99
+        # classes per indicator given the penalty rank (DHC Synapse)
+        penalised: Annotated[int, Range(ge=0)] = 2
+        # lambda, exponent of the sampling rates (DHC)
+        rate_power: Annotated[float, Range(gt=0)] = 2.5
+        # beta, exponent of the voxel confidence (DHC)
+        stabilise_power: Annotated[float, Range(ge=0)] = 1.5
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not 0.0 <= self.score_momentum < 1.0:
-                raise ValueError(f"score_momentum: must be in [0, 1), got {self.score_momentum}")
-            if self.penalised < 0:
-                raise ValueError(f"penalised: must be >= 0, got {self.penalised}")
-            if self.rate_power <= 0:
-                raise ValueError(f"rate_power: must be > 0, got {self.rate_power}")
-            if self.stabilise_power < 0:
-                raise ValueError(f"stabilise_power: must be >= 0, got {self.stabilise_power}")
+    intrinsic_passes = staticmethod(teacher_pass)
+    intrinsic_why = "student on labeled + unlabeled; EMA teacher on unlabeled, no grad"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -36,12 +36,13 @@ interpolated linearly inside its histogram bin (DHC sorts the bank exactly).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
 from semimed.class_weights import ema_
+from semimed.config.checks import Range
 from semimed.losses import masked_cross_entropy, weighted_ce
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
@@ -87,18 +88,16 @@ class Adsh(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        cps_weight: float = 0.1  # weight of the masked CPS CE (DHC: 0.1), >= 0
-        rampup: float = 1.0  # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
-        tau_major: float = 0.9  # fixed threshold of the majority class (DHC 0.9; paper 0.95)
-        bank_share: float = 0.25  # statistics span this share of the unlabeled pool (DHC), > 0
-        logit_mask: bool = True  # DHC: mask the student's logits; False: drop failing voxels
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not 0.0 < self.tau_major < 1.0:
-                raise ValueError(f"tau_major: must be in (0, 1), got {self.tau_major}")
-            if self.bank_share <= 0:
-                raise ValueError(f"bank_share: must be > 0, got {self.bank_share}")
+        # weight of the masked CPS CE (DHC: 0.1), >= 0
+        cps_weight: float = 0.1
+        # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
+        rampup: float = 1.0
+        # fixed threshold of the majority class (DHC 0.9; paper 0.95)
+        tau_major: Annotated[float, Range(gt=0, lt=1)] = 0.9
+        # statistics span this share of the unlabeled pool (DHC)
+        bank_share: Annotated[float, Range(gt=0)] = 0.25
+        # DHC: mask the student's logits; False: drop failing voxels
+        logit_mask: bool = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

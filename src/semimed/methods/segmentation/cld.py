@@ -35,12 +35,13 @@ in the EMA (0.999^500 ~ 0.99^50 ~ 0.6). DHC starts the banks at random values; o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
 from semimed.class_weights import class_sampling_mask, label_class_sums, sampling_rates
+from semimed.config.checks import Range
 from semimed.losses import masked_cross_entropy
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
@@ -59,23 +60,18 @@ class CLD(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        cps_weight: float = 1.0  # final weight of the sampled CPS CE (DHC: 1), >= 0
-        rampup: float = 1.0  # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
-        weight_power: float = 1.0 / 3.0  # exponent of (max N / N_c) in the weights (CLD), >= 0
-        gamma: float = 0.5  # exponent of the sampling rates (CLD, DHC), > 0
-        confs_iter: int = 8  # steps of confidence pooled per bank update (DHC), >= 1
-        confs_momentum: float = 0.99  # bank EMA momentum per update (DHC 0.999, see doc), [0, 1)
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.weight_power < 0:
-                raise ValueError(f"weight_power: must be >= 0, got {self.weight_power}")
-            if self.gamma <= 0:
-                raise ValueError(f"gamma: must be > 0, got {self.gamma}")
-            if self.confs_iter < 1:
-                raise ValueError(f"confs_iter: must be >= 1, got {self.confs_iter}")
-            if not 0.0 <= self.confs_momentum < 1.0:
-                raise ValueError(f"confs_momentum: must be in [0, 1), got {self.confs_momentum}")
+        # final weight of the sampled CPS CE (DHC: 1), >= 0
+        cps_weight: float = 1.0
+        # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
+        rampup: float = 1.0
+        # exponent of (max N / N_c) in the weights (CLD)
+        weight_power: Annotated[float, Range(ge=0)] = 1.0 / 3.0
+        # exponent of the sampling rates (CLD, DHC)
+        gamma: Annotated[float, Range(gt=0)] = 0.5
+        # steps of confidence pooled per bank update (DHC)
+        confs_iter: Annotated[int, Range(ge=1)] = 8
+        # bank EMA momentum per update (DHC 0.999, see doc)
+        confs_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

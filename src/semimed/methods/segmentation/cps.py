@@ -18,14 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
+from semimed.config.checks import Checked, Range
 from semimed.losses import ramped_terms, weighted_ce, weighted_dice_ce
 from semimed.methods.base import Method
-from semimed.seg_networks import PairAverage
+from semimed.methods.cost import PAIR_WHY, pair_pass
+from semimed.networks.segmentation import PairAverage
 
 
 class CrossPseudoSupervision(Method):
@@ -36,15 +38,14 @@ class CrossPseudoSupervision(Method):
     views = ("w",)
 
     @dataclass(frozen=True)
-    class Params:
-        cps_weight: float = 1.0  # final weight of the cross pseudo-supervision term, >= 0
-        rampup: float = 0.0  # share of total_steps of the sigmoid ramp-up, [0, 1]; 0 = none
+    class Params(Checked):
+        # final weight of the cross pseudo-supervision term
+        cps_weight: Annotated[float, Range(ge=0)] = 1.0
+        # share of total_steps of the sigmoid ramp-up; 0 = none
+        rampup: Annotated[float, Range(ge=0, le=1)] = 0.0
 
-        def __post_init__(self) -> None:
-            if self.cps_weight < 0:
-                raise ValueError(f"cps_weight: must be >= 0, got {self.cps_weight}")
-            if not 0.0 <= self.rampup <= 1.0:
-                raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
+    intrinsic_passes = staticmethod(pair_pass)
+    intrinsic_why = PAIR_WHY
 
     def __init__(self, net_factory: Callable[[], nn.Module], *args: Any, **kwargs: Any) -> None:
         super().__init__(net_factory, *args, **kwargs)

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
 from semimed.class_weights import ema_prediction_weights_
+from semimed.config.checks import Range
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -53,17 +54,14 @@ class CReST(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        cps_weight: float = 0.1  # weight of the class-weighted CPS CE (DHC: 0.1), >= 0
-        rampup: float = 0.0  # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
-        alpha: float = 1.0 / 3.0  # exponent of the rebalancing rate (DHC: 1/3), > 0
-        momentum: float = 0.99  # EMA momentum of the weights per step (DHC: 0.99), [0, 1)
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.alpha <= 0:
-                raise ValueError(f"alpha: must be > 0, got {self.alpha}")
-            if not 0.0 <= self.momentum < 1.0:
-                raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+        # weight of the class-weighted CPS CE (DHC: 0.1), >= 0
+        cps_weight: float = 0.1
+        # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
+        rampup: float = 0.0
+        # exponent of the rebalancing rate (DHC: 1/3)
+        alpha: Annotated[float, Range(gt=0)] = 1.0 / 3.0
+        # EMA momentum of the weights per step (DHC: 0.99)
+        momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

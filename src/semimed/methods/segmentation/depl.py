@@ -25,12 +25,13 @@ whole run. Differences:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
 from semimed.class_weights import ema_
+from semimed.config.checks import Range
 from semimed.losses import masked_cross_entropy
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
@@ -49,21 +50,18 @@ class DePL(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        cps_weight: float = 1.0  # weight of the masked CPS CE (DHC: 1), >= 0
-        rampup: float = 1.0  # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
-        debias: float = 1.0  # lambda, strength of the log-q debiasing (DHC: 1), >= 0
-        momentum: float = 0.99  # EMA momentum of the mean prediction q per step (DHC), [0, 1)
-        confidence: float = 0.9  # keep voxels whose debiased max softmax >= this (DHC), [0, 1]
-        marginal: bool = False  # add lambda log q to the student's logits (paper; DHC: no-op)
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.debias < 0:
-                raise ValueError(f"debias: must be >= 0, got {self.debias}")
-            if not 0.0 <= self.momentum < 1.0:
-                raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
-            if not 0.0 <= self.confidence <= 1.0:
-                raise ValueError(f"confidence: must be in [0, 1], got {self.confidence}")
+        # weight of the masked CPS CE (DHC: 1), >= 0
+        cps_weight: float = 1.0
+        # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
+        rampup: float = 1.0
+        # lambda, strength of the log-q debiasing (DHC: 1)
+        debias: Annotated[float, Range(ge=0)] = 1.0
+        # EMA momentum of the mean prediction q per step (DHC)
+        momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99
+        # keep voxels whose debiased max softmax >= this (DHC)
+        confidence: Annotated[float, Range(ge=0, le=1)] = 0.9
+        # add lambda log q to the student's logits (paper; DHC: no-op)
+        marginal: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -19,7 +19,7 @@ ramp-up over the whole run. Running quantities are buffers, so a resumed run con
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
@@ -31,6 +31,7 @@ from semimed.class_weights import (
     ema_,
     hard_dice_per_class,
 )
+from semimed.config.checks import Range
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -39,16 +40,12 @@ class DHC(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        rampup: float = 1.0  # share of total_steps of the sigmoid ramp-up of cps_weight, [0, 1]
-        dist_momentum: float = 0.99  # EMA momentum of the DistDW weights, [0, 1)
-        diff_window: int = 50  # DiffDW accumulates over this many steps (momentum (n-1)/n), >= 1
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not 0.0 <= self.dist_momentum < 1.0:
-                raise ValueError(f"dist_momentum: must be in [0, 1), got {self.dist_momentum}")
-            if self.diff_window < 1:
-                raise ValueError(f"diff_window: must be >= 1, got {self.diff_window}")
+        # share of total_steps of the sigmoid ramp-up of cps_weight, [0, 1]
+        rampup: float = 1.0
+        # EMA momentum of the DistDW weights
+        dist_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99
+        # DiffDW accumulates over this many steps (momentum (n-1)/n)
+        diff_window: Annotated[int, Range(ge=1)] = 50
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

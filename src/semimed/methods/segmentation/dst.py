@@ -36,13 +36,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semimed.config.checks import Range
 from semimed.losses import masked_cross_entropy, ramped_terms, weighted_dice_ce
+from semimed.methods.cost import PAIR_WHY
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -123,26 +125,22 @@ class DST(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        cps_weight: float = 1.0  # final weight of pseudo + worst-case terms (DHC: 1), >= 0
-        rampup: float = 1.0  # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
-        threshold: float = 0.95  # pseudo-labels kept where max softmax >= this (DHC), [0, 1]
-        eta: float = 2.0  # eta', weight of the labeled part of the worst-case loss (DHC), >= 0
-        grl_max: float = 0.1  # GRL coefficient limit "hi" (DHC), >= 0
-        grl_alpha: float = 1.0  # GRL warm-up speed alpha (DHC), > 0
-        grl_steps: int = 500  # GRL warm-up scale N in steps (DHC: 500 iterations), >= 1
+        # final weight of pseudo + worst-case terms (DHC: 1), >= 0
+        cps_weight: float = 1.0
+        # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
+        rampup: float = 1.0
+        # pseudo-labels kept where max softmax >= this (DHC)
+        threshold: Annotated[float, Range(ge=0, le=1)] = 0.95
+        # eta', weight of the labeled part of the worst-case loss (DHC)
+        eta: Annotated[float, Range(ge=0)] = 2.0
+        # GRL coefficient limit "hi" (DHC)
+        grl_max: Annotated[float, Range(ge=0)] = 0.1
+        # GRL warm-up speed alpha (DHC)
+        grl_alpha: Annotated[float, Range(gt=0)] = 1.0
+        # GRL warm-up scale N in steps (DHC: 500 iterations)
+        grl_steps: Annotated[int, Range(ge=1)] = 500
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not 0.0 <= self.threshold <= 1.0:
-                raise ValueError(f"threshold: must be in [0, 1], got {self.threshold}")
-            if self.eta < 0:
-                raise ValueError(f"eta: must be >= 0, got {self.eta}")
-            if self.grl_max < 0:
-                raise ValueError(f"grl_max: must be >= 0, got {self.grl_max}")
-            if self.grl_alpha <= 0:
-                raise ValueError(f"grl_alpha: must be > 0, got {self.grl_alpha}")
-            if self.grl_steps < 1:
-                raise ValueError(f"grl_steps: must be >= 1, got {self.grl_steps}")
+    intrinsic_why = PAIR_WHY + " (+ pseudo and worst-case heads)"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

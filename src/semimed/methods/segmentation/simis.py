@@ -21,12 +21,13 @@ paper is replaced by this per-step weighting, as in DHC.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
 from semimed.class_weights import ema_, ema_prediction_weights_
+from semimed.config.checks import Range
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -44,14 +45,12 @@ class SimiS(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        cps_weight: float = 0.1  # weight of the class-weighted CPS CE (DHC: 0.1), >= 0
-        rampup: float = 0.0  # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
-        momentum: float = 0.99  # EMA momentum of the weights per step (DHC: 0.99), [0, 1)
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not 0.0 <= self.momentum < 1.0:
-                raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+        # weight of the class-weighted CPS CE (DHC: 0.1), >= 0
+        cps_weight: float = 0.1
+        # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
+        rampup: float = 0.0
+        # EMA momentum of the weights per step (DHC: 0.99)
+        momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

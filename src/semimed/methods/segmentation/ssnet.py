@@ -43,13 +43,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import Tensor, nn
 
+from semimed.config.checks import Checked, Range
 from semimed.losses import ramped_terms, weighted_dice_ce
 from semimed.methods.base import Method
 
@@ -96,32 +97,31 @@ class SSNet(Method):
     views = ("w",)
 
     @dataclass(frozen=True)
-    class Params:
-        consistency: float = 1.0  # weight w of LDS + contrast (DHC: 1), >= 0
-        rampup: float = 0.0  # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
-        vat_xi: float = 10.0  # L2 norm per crop of the probe perturbation (DHC), > 0
-        vat_eps: float = 10.0  # L2 norm per crop of the adversarial perturbation (DHC), > 0
-        contrast_weight: float = 0.1  # weight of the class-separation terms (DHC), >= 0
-        memory_size: int = 32  # memory entries per class (DHC), >= 2
-        feat_dim: int = 64  # width of the projection / prediction heads (DHC: 64), >= 1
-        sup_ce_weight: float = 0.0  # CE beside the supervised Dice (DHC: 0), >= 0
-        contrast_voxels: int = 4096  # voxels drawn per part for separation (DHC: all = 0), >= 0
+    class Params(Checked):
+        # weight w of LDS + contrast (DHC: 1)
+        consistency: Annotated[float, Range(ge=0)] = 1.0
+        # share of total_steps of the sigmoid ramp-up (DHC: none)
+        rampup: Annotated[float, Range(ge=0, le=1)] = 0.0
+        # L2 norm per crop of the probe perturbation (DHC)
+        vat_xi: Annotated[float, Range(gt=0)] = 10.0
+        # L2 norm per crop of the adversarial perturbation (DHC)
+        vat_eps: Annotated[float, Range(gt=0)] = 10.0
+        # weight of the class-separation terms (DHC)
+        contrast_weight: Annotated[float, Range(ge=0)] = 0.1
+        # memory entries per class (DHC)
+        memory_size: Annotated[int, Range(ge=2)] = 32
+        # width of the projection / prediction heads (DHC: 64)
+        feat_dim: Annotated[int, Range(ge=1)] = 64
+        # CE beside the supervised Dice (DHC: 0)
+        sup_ce_weight: Annotated[float, Range(ge=0)] = 0.0
+        # voxels drawn per part for separation (DHC: all = 0)
+        contrast_voxels: Annotated[int, Range(ge=0)] = 4096
 
-        def __post_init__(self) -> None:
-            for key in ("consistency", "contrast_weight", "sup_ce_weight"):
-                if getattr(self, key) < 0:
-                    raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
-            if not 0.0 <= self.rampup <= 1.0:
-                raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
-            for key in ("vat_xi", "vat_eps"):
-                if getattr(self, key) <= 0:
-                    raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")
-            if self.memory_size < 2:
-                raise ValueError(f"memory_size: must be >= 2, got {self.memory_size}")
-            if self.feat_dim < 1:
-                raise ValueError(f"feat_dim: must be >= 1, got {self.feat_dim}")
-            if self.contrast_voxels < 0:
-                raise ValueError(f"contrast_voxels: must be >= 0, got {self.contrast_voxels}")
+    intrinsic_why = "clean pass + VAT probe (input gradient only) + adversarial pass"
+
+    @staticmethod
+    def intrinsic_passes(b: int, u: int, params: SSNet.Params) -> tuple[int, int]:
+        return 3 * (b + u), 3 * (b + u)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

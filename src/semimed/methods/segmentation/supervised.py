@@ -9,11 +9,14 @@ baselines of SSL4MIS (Luo et al.) report them. Loss: soft Dice (Milletari et al.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import Tensor
 
+from semimed.config.checks import Checked, Range, require
 from semimed.losses import seg_supervised_loss
 from semimed.methods.base import Method
+from semimed.methods.cost import labeled_pass
 
 
 class Supervised(Method):
@@ -22,17 +25,21 @@ class Supervised(Method):
     name = "supervised"
 
     @dataclass(frozen=True)
-    class Params:
-        dice_weight: float = 1.0  # weight of the soft Dice term, >= 0
-        ce_weight: float = 1.0  # weight of the cross-entropy term, >= 0 (not both 0)
+    class Params(Checked):
+        # weight of the soft Dice term
+        dice_weight: Annotated[float, Range(ge=0)] = 1.0
+        # weight of the cross-entropy term (not both 0)
+        ce_weight: Annotated[float, Range(ge=0)] = 1.0
 
-        def __post_init__(self) -> None:
-            if self.dice_weight < 0:
-                raise ValueError(f"dice_weight: must be >= 0, got {self.dice_weight}")
-            if self.ce_weight < 0:
-                raise ValueError(f"ce_weight: must be >= 0, got {self.ce_weight}")
-            if self.dice_weight == 0 and self.ce_weight == 0:
-                raise ValueError("dice_weight, ce_weight: must not both be 0")
+        def cross_checks(self) -> None:
+            require(
+                not (self.dice_weight == 0 and self.ce_weight == 0),
+                "dice_weight, ce_weight",
+                "must not both be 0",
+            )
+
+    intrinsic_passes = staticmethod(labeled_pass)
+    intrinsic_why = "one pass over the labeled crops"
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         logits = self.net(batch["x_lb"])
@@ -47,3 +54,4 @@ class SupervisedFull(Supervised):
 
     name = "supervised_full"
     labeled_pool = "all"
+    intrinsic_why = "as supervised, with every train label"

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
+from semimed.config.checks import Range
 from semimed.losses import sigmoid_rampup
 from semimed.methods.segmentation.mean_teacher import MeanTeacher
 
@@ -75,27 +77,26 @@ class UAMT(MeanTeacher):
 
     @dataclass(frozen=True)
     class Params(MeanTeacher.Params):
-        rampup: float = 1.0  # share of total_steps over which weight and threshold ramp, [0, 1]
-        passes: int = 8  # T, stochastic teacher passes per step for the uncertainty, >= 1
-        noise_std: float = 0.1  # std of the Gaussian noise on the teacher input (intensity), >= 0
-        noise_clip: float = 0.2  # the noise is clipped to [-noise_clip, noise_clip], >= 0
-        threshold_start: float = 0.75  # entropy threshold at step 0, share of ln C, (0, 1]
-        threshold_end: float = 1.0  # entropy threshold after the ramp, share of ln C, (0, 1]
-        teacher_batch: int = 16  # most crops per teacher forward (memory only), >= 1
+        # share of total_steps over which weight and threshold ramp, [0, 1]
+        rampup: float = 1.0
+        # T, stochastic teacher passes per step for the uncertainty
+        passes: Annotated[int, Range(ge=1)] = 8
+        # std of the Gaussian noise on the teacher input (intensity)
+        noise_std: Annotated[float, Range(ge=0)] = 0.1
+        # the noise is clipped to [-noise_clip, noise_clip]
+        noise_clip: Annotated[float, Range(ge=0)] = 0.2
+        # entropy threshold at step 0, share of ln C
+        threshold_start: Annotated[float, Range(gt=0, le=1)] = 0.75
+        # entropy threshold after the ramp, share of ln C
+        threshold_end: Annotated[float, Range(gt=0, le=1)] = 1.0
+        # most crops per teacher forward (memory only)
+        teacher_batch: Annotated[int, Range(ge=1)] = 16
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.passes < 1:
-                raise ValueError(f"passes: must be >= 1, got {self.passes}")
-            if self.noise_std < 0:
-                raise ValueError(f"noise_std: must be >= 0, got {self.noise_std}")
-            if self.noise_clip < 0:
-                raise ValueError(f"noise_clip: must be >= 0, got {self.noise_clip}")
-            for field in ("threshold_start", "threshold_end"):
-                if not 0.0 < getattr(self, field) <= 1.0:
-                    raise ValueError(f"{field}: must be in (0, 1], got {getattr(self, field)}")
-            if self.teacher_batch < 1:
-                raise ValueError(f"teacher_batch: must be >= 1, got {self.teacher_batch}")
+    intrinsic_why = "student on labeled + unlabeled; T noisy teacher passes, no grad"
+
+    @staticmethod
+    def intrinsic_passes(b: int, u: int, params: UAMT.Params) -> tuple[int, int]:
+        return b + u + params.passes * u, b + u
 
     def threshold(self, ramp: float) -> float:
         """Entropy threshold in nats for ramp value ``ramp`` in [0, 1]."""

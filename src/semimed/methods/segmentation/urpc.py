@@ -30,10 +30,12 @@ over the whole run (DHC: weight 1, no ramp). Validation uses the main output (ev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
+from semimed.config.checks import Checked, Range
 from semimed.losses import ramped_terms, seg_supervised_loss
 from semimed.methods.base import Method
 
@@ -72,15 +74,17 @@ class URPC(Method):
     deep_supervision = True
 
     @dataclass(frozen=True)
-    class Params:
-        consistency: float = 0.1  # final weight of the pyramid consistency, >= 0
-        rampup: float = 1.0  # share of total_steps of the sigmoid ramp-up, [0, 1]; 0 = none
+    class Params(Checked):
+        # final weight of the pyramid consistency
+        consistency: Annotated[float, Range(ge=0)] = 0.1
+        # share of total_steps of the sigmoid ramp-up; 0 = none
+        rampup: Annotated[float, Range(ge=0, le=1)] = 1.0
 
-        def __post_init__(self) -> None:
-            if self.consistency < 0:
-                raise ValueError(f"consistency: must be >= 0, got {self.consistency}")
-            if not 0.0 <= self.rampup <= 1.0:
-                raise ValueError(f"rampup: must be in [0, 1], got {self.rampup}")
+    intrinsic_why = "one deep-supervision network pass"
+
+    @staticmethod
+    def intrinsic_passes(b: int, u: int, params: URPC.Params) -> tuple[int, int]:
+        return b + u, b + u
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x_lb, y_lb, x_ulb = batch["x_lb"], batch["y_lb"], batch["x_ulb_w"]

@@ -305,36 +305,3 @@ class SegmentationScorer:
             for key in ("dice", "hd95_mm", "asd_mm")
         }
         return summary | {"per_class": per_class, "n_volumes": self.n_volumes}
-
-
-# ----------------------------------------------------------------------------------- summary
-
-
-def flat_metrics(metrics: dict) -> dict[str, float]:
-    """Flatten a metrics dict into ``{name: float}`` for summaries across seeds.
-
-    Top-level numbers keep their key; ``per_class`` entries become ``"<metric>_<class>"``
-    (e.g. ``"dice_liver"``, ``"recall_PLAX"``; whitespace in class names becomes ``_``);
-    further tasks of a multi-task model (``tasks: {name: metrics}``) get a ``"<name>/"``
-    prefix (``"severity/balanced_accuracy"``). Lists (``confusion_matrix``) and None values
-    (not computable) are left out.
-    """
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        if key == "tasks" and isinstance(value, dict):
-            for task, task_metrics in value.items():
-                for name, v in flat_metrics(task_metrics).items():
-                    flat[f"{task}/{name}"] = v
-        elif key == "per_class" and isinstance(value, dict):
-            for cls, scores in value.items():
-                cls_key = "_".join(str(cls).split())
-                for metric, v in scores.items():
-                    if _is_number(v):
-                        flat[f"{metric}_{cls_key}"] = float(v)
-        elif _is_number(value):
-            flat[key] = float(value)
-    return flat
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float | np.number) and not isinstance(value, bool)

@@ -5,11 +5,12 @@ The sweep it expects (one experiment per labeled percentage, every method and se
     dvc exp run --queue -S 'classification.split.labeled_percent=5,10,20,50'
     dvc queue start            # add `-j 2` to run two experiments at once
     dvc queue status           # repeat until all are done (or `dvc queue logs <name>`)
-    python -m semimed.label_efficiency --out plots/label_efficiency.png \\
+    python -m benchmarks.label_efficiency --out plots/label_efficiency.png \\
         --json metrics/label_efficiency.json
 
-Segmentation: ``--task segmentation --metric dice`` (``--method NAME``, repeatable, keeps only
-the methods the sweep ran when an experiment with more methods shares a percentage).
+Run it from the repository root. Segmentation: ``--task segmentation`` (``--metric`` defaults to
+the task's headline metric, `semimed.tasks`; ``--method NAME``, repeatable, keeps only the
+methods the sweep ran when an experiment with more methods shares a percentage).
 
 It reads ``dvc exp show --json`` (or a saved copy, ``--from-json``) and, for the workspace,
 the baseline commit(s) and every finished experiment, takes the param
@@ -34,11 +35,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from semimed import paths
 from semimed.io import write_json_atomic
 from semimed.report import save_figure
+from semimed.tasks import spec
 
 PARAMS_FILE = "params.yaml"
-SUMMARY_FILE = "metrics/summary.json"
+SUMMARY_FILE = paths.SUMMARY.as_posix()
 
 
 def _entries(exp_show: Sequence[Mapping]) -> Iterator[tuple[str, Mapping]]:
@@ -124,12 +127,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="also write the records to this JSON file")
     p.add_argument("--from-json", type=Path, help="saved `dvc exp show --json` output")
     p.add_argument("--task", default="classification", help="section of metrics/summary.json")
-    p.add_argument("--metric", default="balanced_accuracy", help="headline metric")
+    p.add_argument("--metric", help="metric to plot (default: the task's headline metric)")
     p.add_argument("--exp", action="append", default=[], help="use only this entry (repeatable)")
     p.add_argument(
         "--method", action="append", default=[], help="plot only this method (repeatable)"
     )
     args = p.parse_args(argv)
+    args.metric = args.metric or spec(args.task).headline
     if args.from_json:
         exp_show = json.loads(args.from_json.read_text())
     else:

@@ -1,0 +1,113 @@
+"""Resumable checkpoints of one training run, written atomically.
+
+* ``<model_dir>/last.pt``  resumable state (method, optimizer, schedule, step, best score,
+  every random state, the best weights so far)
+* ``<model_dir>/best.pt``  `inference_model()` weights at the best validation score
+
+A checkpoint resumes only if its fingerprint (params of this run, data, split and package
+source) matches; otherwise the run starts afresh. `rewind` makes the run's folders match the
+checkpoint after a kill, so a resumed run continues exactly as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from semimed.config import TaskConfig
+from semimed.io import write_bytes_atomic
+
+PACKAGE = Path(__file__).parent  # every .py below it is part of a run's fingerprint
+
+
+def fingerprint(cfg: TaskConfig, method: str, params, seed: int, data_files: list[Path]) -> str:
+    """Hash of everything that defines a run (`params`: the method's parsed Params)."""
+    h = hashlib.sha256()
+    spec = {
+        "task": cfg.task,
+        "method": method,
+        "seed": seed,
+        "train": asdict(cfg.train),
+        "network": asdict(cfg.network),
+        "params": asdict(params),
+        "targets": getattr(cfg.data, "targets", None),
+    }
+    h.update(json.dumps(spec, sort_keys=True, default=str).encode())
+    for path in data_files:
+        h.update(Path(path).read_bytes())
+    for src in sorted(PACKAGE.rglob("*.py")):
+        h.update(src.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cpu_copy(state: OrderedDict) -> OrderedDict:
+    """A state_dict copied to the CPU, with its `_metadata` (module versions)."""
+    out = OrderedDict((k, v.detach().to("cpu", copy=True)) for k, v in state.items())
+    out._metadata = state._metadata
+    return out
+
+
+def save(obj, path: Path) -> None:
+    """`torch.save` to `path` atomically."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, fp: str, verbose: bool = True) -> dict | None:
+    """Return the resumable state at `path` if it is readable and matches `fp`."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a torn or corrupt file: start over, loudly
+        if verbose:
+            print(f"warning: {path} is unreadable ({type(err).__name__}); training from scratch")
+        return None
+    if state.get("fingerprint") != fp:
+        if verbose:
+            print(f"note: {path} belongs to other params/data/code; training from scratch")
+        return None
+    return state
+
+
+def rewind(model_dir: Path, live_dir: Path, state: dict | None) -> None:
+    """Make the run's folders match `state` (None: a fresh start).
+
+    A kill can leave files newer than the checkpoint: best.pt of a later validation, DVCLive
+    rows of later steps or a row cut in half, a torn DVCLive metrics.json (DVCLive writes in
+    place), or temporary files of an interrupted atomic write. The steps after the checkpoint
+    run again and log again."""
+    if state is None:  # stale files of another run must not survive
+        shutil.rmtree(model_dir, ignore_errors=True)
+        shutil.rmtree(live_dir, ignore_errors=True)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        return
+    for leftover in [*model_dir.glob(".*.tmp"), *live_dir.rglob(".*.tmp")]:
+        leftover.unlink()
+    if state["best_weights"] is None:
+        (model_dir / "best.pt").unlink(missing_ok=True)
+    else:
+        save(state["best_weights"], model_dir / "best.pt")
+    for tsv in live_dir.rglob("*.tsv"):
+        lines = tsv.read_text().split("\n")[:-1]  # what follows the last newline is torn
+        if not lines:
+            tsv.unlink()
+            continue
+        col = lines[0].split("\t").index("step")
+        kept = [r for r in lines[1:] if int(r.split("\t")[col]) <= state["step"]]
+        write_bytes_atomic(tsv, "".join(f"{r}\n" for r in [lines[0], *kept]).encode())
+    summary = live_dir / "metrics.json"
+    try:
+        json.loads(summary.read_text())
+    except ValueError:  # DVCLive rewrites it at the next validation
+        summary.unlink()
+    except FileNotFoundError:
+        pass

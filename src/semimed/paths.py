@@ -1,0 +1,62 @@
+"""THE path layout of the pipeline: every file and folder a stage reads or writes.
+
+dvc.yaml declares the same paths (tests/test_structure.py checks that they agree); stage
+scripts and library code take their paths from here, never from string constants of their own.
+All paths are relative to the repository root, where DVC runs the stages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA, MODELS, METRICS, PLOTS = Path("data"), Path("models"), Path("metrics"), Path("plots")
+SUMMARY = METRICS / "summary.json"  # mean +- std per method (dvc metrics show)
+REPORT = PLOTS / "report"  # comparison figures and results.md
+ANALYSIS = PLOTS / "analysis" / "classification"  # Grad-CAM, robustness, embeddings
+
+
+def data_dir(task: str, part: str) -> Path:
+    """data/<task>/<part>: `ingested`, `processed` (folders) or `splits.json`."""
+    return DATA / task / part
+
+
+def ingested(task: str) -> Path:
+    return data_dir(task, "ingested")
+
+
+def processed(task: str) -> Path:
+    return data_dir(task, "processed")
+
+
+def splits(task: str) -> Path:
+    return data_dir(task, "splits.json")
+
+
+def run_dir(root: str | Path, task: str, method: str, seed: int) -> Path:
+    """<root>/<task>/<method>/seed<k>: one run's folder under models/ or plots/..."""
+    return Path(root) / task / method / f"seed{seed}"
+
+
+def model_dir(task: str, method: str, seed: int) -> Path:
+    """models/<task>/<method>/seed<k>/: the trained run (weights, train.json)."""
+    return run_dir(MODELS, task, method, seed)
+
+
+def live_dir(task: str, method: str, seed: int) -> Path:
+    """plots/train/<task>/<method>/seed<k>/: the run's DVCLive folder."""
+    return run_dir(PLOTS / "train", task, method, seed)
+
+
+def eval_plots(task: str, method: str, seed: int) -> Path:
+    """plots/eval/<task>/<method>/seed<k>/: confusion matrices or the overlay PNG."""
+    return run_dir(PLOTS / "eval", task, method, seed)
+
+
+def run_metrics(task: str, method: str, seed: int) -> Path:
+    """metrics/<task>/<method>/seed<k>.json: one run's test metrics."""
+    return run_dir(METRICS, task, method, seed).with_suffix(".json")
+
+
+def val_curve(live: Path, metric: str) -> Path:
+    """The DVCLive TSV of the validation metric inside a run's live folder."""
+    return Path(live) / "plots" / "metrics" / "val" / f"{metric}.tsv"

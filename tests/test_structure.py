@@ -1,0 +1,229 @@
+"""The layout's rules, checked statically (`ast`), so they stay true as the code grows.
+
+* imports run one way: config is a leaf, data and config never import methods, the build
+  layer, or the loop; evaluation, analysis, prediction and reporting never import the loop;
+* modules stay small (src/semimed ~350 lines, stages < 100);
+* every stage's dvc.yaml deps cover the modules it imports (transitively), so a change to
+  any of them re-runs the stage;
+* the stages' outputs in dvc.yaml are the paths `semimed.paths` gives.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+PKG = SRC / "semimed"
+
+
+def _module_file(name: str) -> Path | None:
+    """The file of module `name` inside src/, or None for modules outside semimed."""
+    if not name.startswith("semimed"):
+        return None
+    base = SRC.joinpath(*name.split("."))
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def direct_imports(path: Path) -> set[Path]:
+    """Files inside semimed that `path` imports (any import statement, also in functions)."""
+    tree = ast.parse(path.read_text())
+    here = _module_name(path) if path.is_relative_to(SRC) else ""
+    found: set[Path] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level:  # relative import
+                pkg = here.split(".")
+                if path.name != "__init__.py":
+                    pkg = pkg[:-1]
+                pkg = pkg[: len(pkg) - node.level + 1]
+                mod = ".".join([*pkg, mod] if mod else pkg)
+            names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+        for name in names:
+            # the module itself and every parent package's __init__ run on import
+            parts = name.split(".")
+            for k in range(1, len(parts) + 1):
+                f = _module_file(".".join(parts[:k]))
+                if f is not None:
+                    found.add(f)
+    found.discard(path)
+    return found
+
+
+def closure(path: Path) -> set[Path]:
+    seen: set[Path] = set()
+    todo = [path]
+    while todo:
+        for f in direct_imports(todo.pop()):
+            if f not in seen:
+                seen.add(f)
+                todo.append(f)
+    return seen
+
+
+def _rel(paths) -> set[str]:
+    return {str(p.relative_to(ROOT)) for p in paths}
+
+
+def _imports_any(path: Path, prefixes: tuple[str, ...], transitive: bool) -> list[str]:
+    files = closure(path) if transitive else direct_imports(path)
+    return sorted(f for f in _rel(files) if f.startswith(prefixes))
+
+
+LOOP = ("src/semimed/train.py",)
+METHODS_AND_UP = ("src/semimed/methods", "src/semimed/build.py", *LOOP)
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "config").rglob("*.py")), ids=str)
+def test_config_is_a_leaf(path):
+    inside = ("src/semimed/config", "src/semimed/__init__.py")  # the root package runs first
+    outside = [f for f in _rel(direct_imports(path)) if not f.startswith(inside)]
+    assert not outside, f"{path.relative_to(ROOT)} imports {outside}"
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "data").rglob("*.py")), ids=str)
+def test_data_never_imports_methods(path):
+    bad = _imports_any(path, METHODS_AND_UP, transitive=True)
+    assert not bad, f"{path.relative_to(ROOT)} reaches {bad}"
+
+
+NO_LOOP = [
+    *sorted((PKG / "evaluate").rglob("*.py")),
+    PKG / "analysis.py",
+    PKG / "report.py",
+    PKG / "inference.py",
+    PKG / "build.py",
+    ROOT / "stages" / "evaluate.py",
+    ROOT / "stages" / "analyze.py",
+    ROOT / "stages" / "report.py",
+    *[p for p in (PKG / "predict.py", PKG / "export.py") if p.exists()],
+]
+
+
+@pytest.mark.parametrize("path", NO_LOOP, ids=str)
+def test_evaluation_never_imports_the_loop(path):
+    bad = _imports_any(path, LOOP, transitive=True)
+    assert not bad, f"{path.relative_to(ROOT)} reaches the training loop: {bad}"
+
+
+@pytest.mark.parametrize("stage", ["ingest", "preprocess", "report"])
+def test_data_stages_do_not_import_methods(stage):
+    bad = _imports_any(ROOT / "stages" / f"{stage}.py", METHODS_AND_UP, transitive=True)
+    assert not bad, f"stages/{stage}.py reaches {bad}"
+
+
+def _module_level_imports(path: Path) -> set[Path]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            mod = node.module if isinstance(node, ast.ImportFrom) else None
+            names = [mod] if mod else [a.name for a in node.names]
+            names += [f"{mod}.{a.name}" for a in node.names] if mod else []
+            for name in names:
+                f = _module_file(name)
+                if f is not None:
+                    found.add(f)
+    return found
+
+
+def test_split_stage_imports_methods_only_lazily():
+    """split needs the registry only when the unlabeled pool is empty (a function-level
+    import): its module-level imports must not reach methods."""
+    reached = set()
+    for f in _module_level_imports(ROOT / "stages" / "split.py"):
+        reached |= {f} | closure(f)
+    bad = [f for f in _rel(reached) if f.startswith(METHODS_AND_UP)]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=str)
+def test_library_modules_are_small(path):
+    n = len(path.read_text().splitlines())
+    assert n <= 360, f"{path.relative_to(ROOT)}: {n} lines (split it by job)"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "stages").glob("*.py")), ids=str)
+def test_stages_are_thin(path):
+    n = len(path.read_text().splitlines())
+    assert n < 100, f"{path.relative_to(ROOT)}: {n} lines"
+
+
+# --------------------------------------------------------------------------- dvc.yaml
+def _stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _script(stage: dict) -> Path:
+    cmd = stage["cmd"].split()
+    return ROOT / cmd[cmd.index("python") + 1]
+
+
+def _covered(f: str, deps: list[str]) -> bool:
+    return any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_deps_cover_its_imports(name):
+    stage = _stages()[name]
+    script = _script(stage)
+    deps = [d for d in stage.get("deps", []) if isinstance(d, str)]
+    found = closure(script)
+    if PKG / "methods" / "__init__.py" in found:  # the stage's task registry, imported lazily
+        task = "segmentation" if "segmentation" in name else "classification"
+        registry = PKG / "methods" / task / "__init__.py"
+        found |= {registry} | closure(registry)
+    needed = {str(script.relative_to(ROOT))} | _rel(found)
+    missing = sorted(f for f in needed if not _covered(f, deps))
+    assert not missing, f"dvc.yaml stage {name}: deps miss {missing}"
+
+
+def _outs(stage: dict) -> set[str]:
+    found = set()
+    for kind in ("outs", "metrics", "plots"):
+        for entry in stage.get(kind, []):
+            found.add(entry if isinstance(entry, str) else next(iter(entry)))
+    return found
+
+
+def test_stage_outputs_are_the_paths_module_layout():
+    from semimed import paths
+
+    stages = _stages()
+    item = {"${item.method}": "M", "${item.seed}": "7"}
+
+    def expand(p: str) -> str:
+        for k, v in item.items():
+            p = p.replace(k, v)
+        return p
+
+    for task in ("classification", "segmentation"):
+        assert {str(paths.ingested(task))} == _outs(stages[f"ingest_{task}"])
+        assert {str(paths.processed(task))} == _outs(stages[f"preprocess_{task}"])
+        assert {str(paths.splits(task))} == _outs(stages[f"split_{task}"])
+        train = {expand(p) for p in _outs(stages[f"train_{task}"])}
+        assert str(paths.model_dir(task, "M", 7)) in train
+        assert str(paths.live_dir(task, "M", 7)) in train
+        evaluate = {expand(p) for p in _outs(stages[f"evaluate_{task}"])}
+        assert str(paths.run_metrics(task, "M", 7)) in evaluate
+        assert any(p.startswith(str(paths.eval_plots(task, "M", 7))) for p in evaluate)
+    report = _outs(stages["report"])
+    assert str(paths.SUMMARY) in report and str(paths.REPORT) in report
+    assert all(p.startswith(str(paths.ANALYSIS)) for p in _outs(stages["analyze_classification"]))
