@@ -1,7 +1,9 @@
 """Stage evaluate_<task>@<method>-<seed>: score the best checkpoint on the TEST split, once.
 
-Writes metrics/<task>/<method>/seed<k>.json and, under plots/eval/<task>/<method>/seed<k>/,
-a confusion-matrix plot (classification) or a slice overlay PNG (segmentation).
+Writes metrics/<task>/<method>/seed<k>.json, the per-case table seed<k>_cases.csv beside it
+(segmentation: scored in each case's original space, files named by data/<task>/ingested)
+and, under plots/eval/<task>/<method>/seed<k>/, a confusion-matrix plot (classification) or
+a slice overlay PNG (segmentation).
 """
 
 import json
@@ -9,7 +11,7 @@ import json
 from semimed import cli, paths
 from semimed.build import load_for_data, load_task
 from semimed.data.taskdata import load_task_data
-from semimed.evaluate.run import evaluate_run
+from semimed.evaluate.run import evaluate_run, write_cases
 from semimed.io import write_json_atomic
 from semimed.runtime import select_device
 from semimed.tasks import spec
@@ -24,7 +26,9 @@ def run() -> None:
     device = select_device(cfg.train.device)
     model = load_for_data(cfg, data, method, model_dir, device)
     plots = paths.eval_plots(task, method, seed)
-    metrics = evaluate_run(cfg, data, model, device, plots, title=f"{method} seed {seed}")
+    metrics, cases = evaluate_run(
+        cfg, data, model, device, plots, f"{method} seed {seed}", paths.ingested(task)
+    )
     train_info = json.loads((model_dir / "train.json").read_text())
     metrics = {
         "task": task,
@@ -39,6 +43,7 @@ def run() -> None:
         },
     }
     write_json_atomic(paths.run_metrics(task, method, seed), metrics)
+    write_cases(paths.run_cases(task, method, seed), cases)
     headline = spec(task).headline
     print(f"evaluate {task}/{method}/seed{seed}: {headline}={metrics[headline]}")
 

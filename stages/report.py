@@ -11,6 +11,7 @@ from pathlib import Path
 from semimed import cli, paths
 from semimed.config import TASKS, load_task
 from semimed.io import write_bytes_atomic, write_json_atomic
+from semimed.paired import task_section
 from semimed.report import (
     comparison_table,
     flat_metrics,
@@ -30,7 +31,7 @@ def _val_curve(live_dir: Path, metric: str) -> list[tuple[int, float]]:
 
 def run() -> None:
     args = cli.parser(__doc__, task=False).parse_args()
-    runs, tables = {}, []
+    runs, tables, paired, sections = {}, [], {}, []
     out = paths.REPORT
     for task in TASKS:
         cfg = load_task(task, args.params)
@@ -67,7 +68,13 @@ def run() -> None:
                 f"Per-class {headline} (mean +- std over seeds):\n\n"
                 f"{per_class_table(summary, task, per_class)}\n"
             )
+        # per-case differences against supervised, from the evaluate stage's case tables
+        paired[task], text = task_section(task, cfg.methods, cfg.seeds, ts.dense, paths.run_cases)
+        sections.append(text)
+    tables += ["## Paired comparison against supervised (per test case)\n", *sections]
     summary = summarize(runs)
+    for task, entry in paired.items():
+        summary[task]["paired"] = entry
     write_json_atomic(paths.SUMMARY, summary)
     write_bytes_atomic(out / "results.md", "\n".join(tables).encode())
     print("\n".join(tables))

@@ -1,7 +1,8 @@
 """Stage train_<task>@<method>-<seed>: one training run through THE loop (semimed.train).
 
-Writes models/<task>/<method>/seed<k>/ (best.pt, last.pt, train.json) and the DVCLive
-folder plots/train/<task>/<method>/seed<k>/. Both persist, so a crashed run resumes.
+Writes models/<task>/<method>/seed<k>/ (best.pt, last.pt, train.json, and model.json, which
+makes the folder usable without params.yaml: `semimed predict`, `semimed export`) and the
+DVCLive folder plots/train/<task>/<method>/seed<k>/. Both persist, so a crashed run resumes.
 With `train.devices` > 1 the script starts itself again under torchrun, one process each.
 """
 
@@ -10,6 +11,7 @@ import os
 from semimed import cli, distributed, paths
 from semimed.build import load_task
 from semimed.data.taskdata import load_task_data
+from semimed.model_folder import write_model_card
 from semimed.train import train_run
 
 
@@ -29,7 +31,8 @@ def run() -> None:
         live_dir=paths.live_dir(args.task, args.method, args.seed),
         data_files=[processed / "manifest.json", splits],
     )
-    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+    if os.environ.get("RANK", "0") == "0":  # one card and one line, not one per process
+        write_model_card(paths.model_dir(args.task, args.method, args.seed), cfg, data, args.method)
         print(f"train {args.task}/{args.method}/seed{args.seed}: {summary}")
 
 

@@ -252,3 +252,95 @@ def test_cropping_matches_monai_on_the_full_volume():
     assert agg["dice"] == pytest.approx(compute_dice(p, g).item(), abs=1e-5)
     assert agg["hd95_mm"] == pytest.approx(hd.item(), abs=1e-4)
     assert agg["asd_mm"] == pytest.approx(asd.item(), abs=1e-4)
+
+
+# ------------------------------------------------------------------ original-space evaluation
+
+
+class _Threshold(torch.nn.Module):
+    """Logits (B, 2, X, Y, Z): class 1 where the [0, 1] intensity exceeds 0.75 (the organ)."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), 20 * (x - 0.75)], dim=1)
+
+
+def test_evaluate_run_scores_in_the_original_label_space(tmp_path):
+    from types import SimpleNamespace
+
+    import nibabel as nib
+
+    from semimed.data.preprocess import segmentation_chain
+    from semimed.data.taskdata import TaskData
+    from semimed.evaluate.original import read_label_file
+    from semimed.evaluate.run import evaluate_run, write_cases
+    from semimed.predict import labels_in_original_space
+
+    # original files: 1 x 1 x 2 mm voxels; preprocessing resamples to 2 mm isotropic
+    image = np.full((24, 24, 12), -1000.0, dtype=np.float32)  # air: below the window
+    image[2:22, 2:22, 1:11] = 50.0  # body -> 0.5
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[7:17, 8:15, 3:8] = 1
+    image[label == 1] = 100.0  # organ -> 1.0
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    files = {}
+    for name, arr in (("image", image), ("label", label)):
+        files[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr, affine), files[name])
+    spacing, window = (2.0, 2.0, 2.0), (0.0, 100.0)
+    out = segmentation_chain(spacing, window)({k: str(v) for k, v in files.items()})
+    pre_image, pre_label = out["image"], np.rint(out["label"]).astype(np.uint8)
+    ingested = tmp_path / "ingested"
+    ingested.mkdir()
+    records = [
+        {"id": "a", "image": str(files["image"]), "label": str(files["label"])},
+        {"id": "b", "image": str(files["image"]), "label": None},  # image only: skipped
+    ]
+    (ingested / "manifest.json").write_text(json.dumps({"records": records}))
+    data = TaskData(
+        task="segmentation",
+        class_names=["background", "organ"],
+        split={"test": ["a", "b"]},
+        index={},
+        volumes={"a": (pre_image, pre_label), "b": (pre_image, pre_label)},
+        spacing=spacing,
+    )
+    cfg = SimpleNamespace(
+        task="segmentation",
+        train=SimpleNamespace(patch_size=(8, 8, 8)),
+        eval=SimpleNamespace(overlap=0.25, sw_batch_size=2),
+        preprocess=SimpleNamespace(spacing=spacing, window=window),
+    )
+    metrics, cases = evaluate_run(cfg, data, _Threshold(), "cpu", tmp_path / "plots", "t", ingested)
+
+    # the headline is the original grid's score with the label file's own spacing
+    pred = (pre_image[0] > 0.75).astype(np.uint8)
+    mapped = labels_in_original_space(pred, files["image"], spacing, window)
+    truth, file_spacing = read_label_file(files["label"])
+    assert mapped.shape == label.shape and file_spacing == (1.0, 1.0, 2.0)
+    expected = SegmentationScorer(["background", "organ"])
+    expected.add(mapped, truth, file_spacing, case="a")
+    for key in ("dice", "hd95_mm", "asd_mm", "per_class"):
+        assert metrics[key] == expected.aggregate()[key]
+    assert metrics["dice"] > 0.5 and metrics["n_volumes"] == 1
+    assert metrics["n_skipped_original"] == 1
+    # the preprocessed grid's scores kept beside them
+    on_grid = metrics["resampled_space"]
+    assert set(on_grid) == {"dice", "hd95_mm", "asd_mm", "per_class"}
+    assert on_grid["per_class"]["organ"]["n"] == 2  # both processed cases have labels
+    assert on_grid["dice"] != metrics["dice"]  # resampling the labels changed the organ
+    json.dumps(metrics, allow_nan=False)
+
+    assert [(r["case"], r["class"], r["empty_rule"]) for r in cases] == [("a", "organ", False)]
+    assert cases[0]["dice"] == metrics["dice"]
+    write_cases(tmp_path / "cases.csv", cases)
+    header = (tmp_path / "cases.csv").read_text().splitlines()[0]
+    assert header == "case,class,dice,hd95_mm,asd_mm,empty_rule"
+
+
+def test_scorer_rows_mark_the_empty_rule():
+    scorer = SegmentationScorer(["bg", "a", "b"])
+    label = _cube()
+    scorer.add(label, label, (1.0, 1.0, 1.0), case="x")  # class b: both empty, no row
+    scorer.add(np.zeros_like(label), label, (1.0, 1.0, 1.0), case="y")  # a missed
+    rows = [(r["case"], r["class"], r["dice"], r["empty_rule"]) for r in scorer.cases]
+    assert rows == [("x", "a", 1.0, False), ("y", "a", 0.0, True)]

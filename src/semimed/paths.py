@@ -57,6 +57,11 @@ def run_metrics(task: str, method: str, seed: int) -> Path:
     return run_dir(METRICS, task, method, seed).with_suffix(".json")
 
 
+def run_cases(task: str, method: str, seed: int) -> Path:
+    """metrics/<task>/<method>/seed<k>_cases.csv: one run's test scores per case (and class)."""
+    return run_dir(METRICS, task, method, seed).with_name(f"seed{seed}_cases.csv")
+
+
 def val_curve(live: Path, metric: str) -> Path:
     """The DVCLive TSV of the validation metric inside a run's live folder."""
     return Path(live) / "plots" / "metrics" / "val" / f"{metric}.tsv"

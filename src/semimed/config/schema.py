@@ -234,6 +234,18 @@ class ClsAnalysis(Checked):
 
 # --------------------------------------------------------------------------- one task
 @dataclass(frozen=True)
+class PredictParams(Checked):
+    """``<task>.predict``: the optional predict_<task> stages (docs/predict.md)."""
+
+    model: str  # model folder, e.g. models/<task>/supervised/seed0
+    inputs: tuple[str, ...] = ()  # files, folders or CSVs; one stage each; [] = no stage
+    output: str = ""  # predictions of input <i> go to <output>/<i>
+    batch_size: Annotated[int, Range(ge=1)] | None = None  # images / windows per forward
+    probabilities: bool = False  # segmentation: also per-class probability maps
+    path_column: str = "path"  # the path column of CSV inputs
+
+
+@dataclass(frozen=True)
 class TaskConfig(Checked):
     """One task's section; `methods_params` stays raw (the build layer parses each method's)."""
 
@@ -248,6 +260,7 @@ class TaskConfig(Checked):
     methods_params: dict = field(default_factory=dict)
     eval: Any = None
     analysis: Any = None  # classification only: ClsAnalysis
+    predict: PredictParams | None = None  # the optional predict stage
 
     def cross_checks(self) -> None:
         # Segmentation trains on random crops of this size; classification on whole images.

@@ -1,0 +1,1 @@
+"""Data: on-disk sources -> one manifest, preprocessing, splits, in-memory data and streams."""

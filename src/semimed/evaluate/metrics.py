@@ -247,19 +247,23 @@ class SegmentationScorer:
             name: {"dice": [], "hd95_mm": [], "asd_mm": []} for name in self.class_names[1:]
         }
         self.n_volumes = 0
+        # one row per scored (volume, class): the per-case table of the evaluate stage
+        self.cases: list[dict] = []
 
     def add(
         self,
         pred: np.ndarray | torch.Tensor,
         label: np.ndarray | torch.Tensor,
         spacing: tuple[float, float, float],
+        case: str | None = None,
     ) -> None:
-        """Score one volume.
+        """Score one volume; each scored class adds a row to ``cases``.
 
         Args:
             pred: (X, Y, Z) int predicted label map (class indices, not one-hot, not logits).
             label: (X, Y, Z) int ground-truth label map, same shape as ``pred``.
             spacing: voxel size in mm along (X, Y, Z), the same axis order as the arrays.
+            case: the volume's id in ``cases`` rows (default: its index, ``n_volumes``).
         """
         pred_t, label_t = _as_label_map(pred), _as_label_map(label)
         if pred_t.shape != label_t.shape:
@@ -291,6 +295,16 @@ class SegmentationScorer:
             scores["dice"].append(d)
             scores["hd95_mm"].append(hd95)
             scores["asd_mm"].append(asd)
+            self.cases.append(
+                {
+                    "case": str(self.n_volumes if case is None else case),
+                    "class": name,
+                    "dice": _round(d),
+                    "hd95_mm": _round(hd95),
+                    "asd_mm": _round(asd),
+                    "empty_rule": p_empty or g_empty,  # the value is the rule's, not MONAI's
+                }
+            )
         self.n_volumes += 1
 
     def aggregate(self) -> dict:

@@ -182,4 +182,3 @@ class _MinSide(nn.Module):
                 f"{tuple(x.shape[2:])}: raise the image size or use cnn / resnet18"
             )
         return x
-

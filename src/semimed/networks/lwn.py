@@ -195,4 +195,3 @@ def reparameterize(model: nn.Module) -> nn.Module:
         else:
             reparameterize(child)
     return model
-
