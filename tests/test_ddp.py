@@ -114,7 +114,12 @@ def test_two_processes_match_one_with_the_same_batch(work, tmp_path, method):
 
     # rank 0 alone wrote: one file each, one DVCLive row per validation, no leftovers
     model_dir, live_dir = work / "models" / run, work / "plots/train" / run
-    assert sorted(p.name for p in model_dir.iterdir()) == ["best.pt", "last.pt", "train.json"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "best.pt",
+        "last.pt",
+        "model.json",
+        "train.json",
+    ]
     val = (live_dir / "plots/metrics/val/balanced_accuracy.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in val] == ["step", "2", "4"]
     assert not list(work.rglob("*.tmp"))
