@@ -1,4 +1,5 @@
-"""Stage report: mean +- std over seeds per method -> metrics/summary.json, figures, tables.
+"""Stage report: mean +- std over seeds per method -> metrics/summary.json; per-case paired
+comparisons against supervised -> metrics/paired.json; figures, tables (plots/report/).
 
 Reads exactly the runs that params.yaml lists (`<task>.methods` x `<task>.seeds`), so stale
 files of methods dropped from an experiment never leak into its summary.
@@ -72,10 +73,8 @@ def run() -> None:
         paired[task], text = task_section(task, cfg.methods, cfg.seeds, ts.dense, paths.run_cases)
         sections.append(text)
     tables += ["## Paired comparison against supervised (per test case)\n", *sections]
-    summary = summarize(runs)
-    for task, entry in paired.items():
-        summary[task]["paired"] = entry
-    write_json_atomic(paths.SUMMARY, summary)
+    write_json_atomic(paths.SUMMARY, summarize(runs))
+    write_json_atomic(paths.PAIRED, paired)
     write_bytes_atomic(out / "results.md", "\n".join(tables).encode())
     print("\n".join(tables))
 

@@ -269,11 +269,11 @@ def test_evaluate_run_scores_in_the_original_label_space(tmp_path):
 
     import nibabel as nib
 
+    from semimed.data.original_space import labels_in_original_space
     from semimed.data.preprocess import segmentation_chain
     from semimed.data.taskdata import TaskData
     from semimed.evaluate.original import read_label_file
     from semimed.evaluate.run import evaluate_run, write_cases
-    from semimed.predict import labels_in_original_space
 
     # original files: 1 x 1 x 2 mm voxels; preprocessing resamples to 2 mm isotropic
     image = np.full((24, 24, 12), -1000.0, dtype=np.float32)  # air: below the window

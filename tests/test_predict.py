@@ -21,17 +21,11 @@ from PIL import Image
 from test_model_folder import cls_data, make_model_folder, seg_data, with_network
 
 from semimed.console import main
+from semimed.data.original_space import labels_in_original_space, preprocess_volume
 from semimed.data.preprocess import segmentation_chain
-from semimed.inference import predict_volume
+from semimed.inference import predict_volume, volume_logits
 from semimed.model_folder import LoadedModel, read_card
-from semimed.predict import (
-    labels_in_original_space,
-    load_predict_params,
-    predict,
-    preprocess_volume,
-    stage_output,
-    volume_logits,
-)
+from semimed.predict import load_predict_params, predict, stage_output
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = (-175.0, 250.0)
@@ -167,7 +161,9 @@ def test_sliding_window_matches_evaluation(seg_model, volumes):
     card = model.card
     image = preprocess_volume(volumes / "ras.nii.gz", card["preprocess"]["spacing"], WINDOW)
     inf = card["inference"]
-    logits = volume_logits(model.network, image.as_tensor(), inf, 2, "cpu")
+    logits = volume_logits(
+        model.network, image.as_tensor(), inf["patch_size"], inf["overlap"], 2, "cpu"
+    )
     want = predict_volume(model.network, image.numpy(), inf["patch_size"], inf["overlap"], 2, "cpu")
     assert np.array_equal(logits.argmax(1)[0].numpy().astype(np.uint8), want)
 

@@ -14,19 +14,19 @@ from pathlib import Path
 import torch
 
 from semimed import config
-from semimed.config import ConfigError, TaskConfig
+from semimed.config import ConfigError, Network, TaskConfig
 from semimed.data.loaders import StreamSpec, TaskData, labeled_class_counts, unlabeled_pool
-from semimed.methods import METHODS, Method
+from semimed.methods import METHODS, Method, get_method
 from semimed.networks import DEEP_SUPERVISION, build_network, reparameterize
 from semimed.tasks import spec
 
 
 def method_class(task: str, name: str) -> type[Method]:
     """The Method class registered for `task` under `name`; ConfigError lists the choices."""
-    known = METHODS[spec(task).name]
-    if name not in known:
-        raise ConfigError(f"unknown {task} method {name!r}; choose from {', '.join(known)}")
-    return known[name]
+    try:
+        return get_method(spec(task).name, name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _resolve(task: str, method: str | type[Method]) -> type[Method]:
@@ -113,6 +113,49 @@ def check_unlabeled_pool(cfg: TaskConfig, split: dict) -> None:
         )
 
 
+def instantiate(
+    method: type[Method],
+    params,
+    network: Network,
+    num_classes: int,
+    total_steps: int,
+    *,
+    in_channels: int = 1,
+    spatial_dims: int,
+    num_unlabeled: int = 0,
+    task_sizes: tuple[int, ...] | None = None,
+    class_counts=None,
+) -> Method:
+    """`method` with its parsed `params` and a factory for `network` (the one place a Method
+    is constructed): `make_method` passes params.yaml's sections, a model folder its card's.
+
+    `task_sizes` (classes per target, multi-task) overrides `num_classes` with their sum;
+    `class_counts` (labels per class of the labeled pool) feeds class-distribution priors."""
+    if task_sizes:
+        num_classes = sum(task_sizes)
+
+    def net_factory():
+        return build_network(
+            network.name,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            channels=network.channels,
+            dropout=network.dropout,
+            deep_supervision=method.deep_supervision,
+        )
+
+    return method(
+        net_factory,
+        params,
+        num_classes,
+        total_steps,
+        num_unlabeled=num_unlabeled,
+        task_sizes=task_sizes,
+        class_counts=class_counts,
+    )
+
+
 def make_method(
     cfg: TaskConfig,
     method: str | type[Method],
@@ -123,36 +166,18 @@ def make_method(
     class_counts=None,
     spatial_dims: int | None = None,
 ) -> Method:
-    """Instantiate `method` (a registry name or its class) with its params and a factory for
-    the task's network.
-
-    `task_sizes` (classes per target, multi-task) overrides `num_classes` with their sum;
-    `class_counts` (labels per class of the labeled pool) feeds class-distribution priors;
-    `spatial_dims` / `in_channels` are the data's (`TaskData`); spatial_dims defaults to the
-    task's (`TaskSpec.spatial_dims`)."""
+    """`instantiate` `method` (a registry name or its class) as `cfg` describes it: its
+    params, the task's network and `train.steps`. `spatial_dims` / `in_channels` are the
+    data's (`TaskData`); spatial_dims defaults to the task's (`TaskSpec.spatial_dims`)."""
     cls = _resolve(cfg.task, method)
-    if task_sizes:
-        num_classes = sum(task_sizes)
-    net = cfg.network
-    if spatial_dims is None:
-        spatial_dims = spec(cfg.task).spatial_dims
-
-    def net_factory():
-        return build_network(
-            net.name,
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            channels=net.channels,
-            dropout=net.dropout,
-            deep_supervision=cls.deep_supervision,
-        )
-
-    return cls(
-        net_factory,
+    return instantiate(
+        cls,
         method_params(cfg, cls),
+        cfg.network,
         num_classes,
         cfg.train.steps,
+        in_channels=in_channels,
+        spatial_dims=spec(cfg.task).spatial_dims if spatial_dims is None else spatial_dims,
         num_unlabeled=num_unlabeled,
         task_sizes=task_sizes,
         class_counts=class_counts,

@@ -42,6 +42,24 @@ def predict_proba(
 
 
 @torch.inference_mode()
+def volume_logits(
+    model: nn.Module, image, roi_size, overlap: float, sw_batch_size: int, device
+) -> torch.Tensor:
+    """Logits (1, C, X, Y, Z) float32 of a whole volume (1, X, Y, Z), by MONAI sliding-window
+    inference with Gaussian-weighted window blending."""
+    model.eval()
+    x = torch.as_tensor(np.asarray(image), dtype=torch.float32)[None].to(device)
+    return sliding_window_inference(
+        x,
+        roi_size=tuple(roi_size),
+        sw_batch_size=sw_batch_size,
+        predictor=model,
+        overlap=overlap,
+        mode="gaussian",
+        padding_mode="constant",
+    ).float()
+
+
 def predict_volume(
     model: nn.Module,
     image: np.ndarray,
@@ -50,19 +68,9 @@ def predict_volume(
     sw_batch_size: int,
     device,
 ) -> np.ndarray:
-    """Label map (X, Y, Z) uint8 for a whole volume (1, X, Y, Z), by MONAI sliding-window
-    inference with Gaussian-weighted window blending."""
-    model.eval()
-    x = torch.as_tensor(np.asarray(image), dtype=torch.float32)[None].to(device)
-    logits = sliding_window_inference(
-        x,
-        roi_size=tuple(roi_size),
-        sw_batch_size=sw_batch_size,
-        predictor=model,
-        overlap=overlap,
-        mode="gaussian",
-        padding_mode="constant",
-    )
+    """Label map (X, Y, Z) uint8 of a whole volume (1, X, Y, Z): the argmax of
+    `volume_logits`."""
+    logits = volume_logits(model, image, roi_size, overlap, sw_batch_size, device)
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 

@@ -11,7 +11,7 @@ Every trained run (``models/<task>/<method>/seed<k>/``) holds
   (sliding window), the training record and the sha256 of ``best.pt``.
 
 `load_model` rebuilds the inference network from the card alone, through the composition
-layer (`semimed.build.make_method`), checks that the weights are the card's (hash, keys and
+layer (`semimed.build.instantiate`), checks that the weights are the card's (hash, keys and
 shapes) and returns it fused (`semimed.networks.reparameterize`) and in eval mode. A folder
 whose files are missing or disagree is refused with one line naming the file
 (`ModelFolderError`).
@@ -25,13 +25,12 @@ import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from semimed import build
-from semimed.config import ConfigError, Network
+from semimed.config import ConfigError, Network, parse_section
 from semimed.io import write_json_atomic
 from semimed.networks import reparameterize
 from semimed.tasks import spec
@@ -168,32 +167,26 @@ def read_card(folder: str | Path) -> dict:
 
 def build_network(card: dict, source: str | Path = CARD) -> nn.Module:
     """The card's inference network (unfused, untrained weights), built by the composition
-    layer exactly as training built it: ``make_method(...).inference_model()``.
-
-    `make_method` reads only ``task``, ``network``, ``train.steps`` and ``methods_params`` of
-    its config, so a namespace with those stands in for the TaskConfig. `source`: the card's
-    path, for messages."""
+    layer exactly as training built it: ``instantiate(...).inference_model()`` with the
+    card's method params and network. `source`: the card's path, for messages."""
     try:
         task = card["task"]
         cls = build.method_class(task, card["method"])
         net = card["network"]
-        cfg = SimpleNamespace(
-            task=task,
-            network=Network(
-                name=net["name"], channels=tuple(net["channels"]), dropout=net["dropout"]
-            ),
-            train=SimpleNamespace(steps=1),
-            methods_params={cls.name: card["method_params"]},
-        )
         if bool(net.get("deep_supervision")) != cls.deep_supervision:
             raise ConfigError(f"network.deep_supervision disagrees with method {cls.name}")
-        method = build.make_method(
-            cfg,
+        network = Network(name=net["name"], channels=tuple(net["channels"]), dropout=net["dropout"])
+        params = parse_section(cls.Params, card["method_params"], "method_params")
+        sizes = tuple(card["task_sizes"])
+        method = build.instantiate(
             cls,
-            sum(card["task_sizes"]),
+            params,
+            network,
+            sum(sizes),
+            1,  # total steps: only schedules read it, and inference runs none
             in_channels=card["in_channels"],
-            task_sizes=tuple(card["task_sizes"]) if len(card["task_sizes"]) > 1 else None,
             spatial_dims=card["spatial_dims"],
+            task_sizes=sizes if len(sizes) > 1 else None,
         )
     except (ConfigError, ValueError, TypeError, KeyError) as err:
         raise ModelFolderError(f"{source}: cannot build its model ({err})") from None

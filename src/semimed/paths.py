@@ -11,6 +11,7 @@ from pathlib import Path
 
 DATA, MODELS, METRICS, PLOTS = Path("data"), Path("models"), Path("metrics"), Path("plots")
 SUMMARY = METRICS / "summary.json"  # mean +- std per method (dvc metrics show)
+PAIRED = METRICS / "paired.json"  # per-case differences against supervised, per task
 REPORT = PLOTS / "report"  # comparison figures and results.md
 ANALYSIS = PLOTS / "analysis" / "classification"  # Grad-CAM, robustness, embeddings
 

@@ -1,8 +1,8 @@
 """Where and how a process runs: device choice, seeding, and every random state as tensors.
 
 `rng_state` / `set_rng_state` capture what a resumed run needs to draw exactly what the
-uninterrupted run would (torch, CUDA, NumPy, Python); all of it is `torch.load(...,
-weights_only=True)`-safe.
+uninterrupted run would (torch, CUDA, NumPy, Python), as tensors and plain numbers only, so
+checkpoints holding them load with `weights_only=True`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Training and sliding-window inference run on the preprocessed grid (RAS, resampl
 `<task>.preprocess.spacing` mm, cropped to the body); scores there depend on that choice of
 spacing, and the nearest-neighbour resampling of the labels changes the structures measured.
 A prediction is therefore also mapped back to the grid of the case's original NIfTI
-(`semimed.predict.labels_in_original_space`: the preprocessing chain inverted) and scored
+(`semimed.data.original_space.labels_in_original_space`: the preprocessing chain inverted) and scored
 against the ORIGINAL label file with its own voxel spacing (mm) -- the numbers a clinician
 or another paper gets from the same files.
 """
@@ -18,8 +18,8 @@ import nibabel as nib
 import numpy as np
 
 from semimed.config import ConfigError
+from semimed.data.original_space import labels_in_original_space
 from semimed.evaluate.metrics import SegmentationScorer
-from semimed.predict import labels_in_original_space
 
 
 def original_files(ingested: Path) -> dict[str, tuple[str, str | None]]:

@@ -35,7 +35,7 @@ class Classifier(nn.Module):
 CLASSIFIERS_3D = ("cnn", "resnet18", "densenet121")
 
 
-def _check_dims(name: str, spatial_dims: int, in_channels: int) -> None:
+def check_dims(name: str, spatial_dims: int, in_channels: int) -> None:
     if spatial_dims == 3 and name not in CLASSIFIERS_3D:
         raise ValueError(
             f"classification.network.name: {name} is 2D only; choose one of "
@@ -71,7 +71,7 @@ def build_cnn(
     1^3 (28 -> 14 -> 7 -> 3 -> 1) before the global average pool, so the backbone returns
     (B, channels[-1]). Inputs need a side of at least 2 ** len(channels).
     """
-    _check_dims("cnn", spatial_dims, in_channels)
+    check_dims("cnn", spatial_dims, in_channels)
     if not channels:
         raise ValueError("channels: must list at least one stage width for 'cnn', got []")
     d = spatial_dims
@@ -110,7 +110,7 @@ def build_resnet18(
     Weights are never downloaded.
     Backbone output: (B, 512).
     """
-    _check_dims("resnet18", spatial_dims, in_channels)
+    check_dims("resnet18", spatial_dims, in_channels)
     if spatial_dims == 3:
         trunk = monai_resnet18(
             spatial_dims=3,
@@ -150,7 +150,7 @@ def build_densenet121(
     message naming the minimum size. Our ``dropout`` goes before the head; DenseNet's own
     dropout inside dense layers stays 0. Backbone output: (B, 1024).
     """
-    _check_dims("densenet121", spatial_dims, in_channels)
+    check_dims("densenet121", spatial_dims, in_channels)
     net = DenseNet121(
         spatial_dims=spatial_dims,
         in_channels=in_channels,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
-from semimed.networks.classifiers import Classifier, _check_dims
+from semimed.networks.classifiers import Classifier, check_dims
 
 # --- LWN: lightweight echo network (seed 000) -------------------------------------------------
 
@@ -161,7 +161,7 @@ def build_lwn(
     ``channels`` must list exactly 4 widths. Call ``reparameterize(model)`` before inference to
     fold every branch and BatchNorm into plain convs. Backbone output: (B, channels[-1]).
     """
-    _check_dims("lwn", spatial_dims, in_channels)
+    check_dims("lwn", spatial_dims, in_channels)
     if len(channels) != len(LWN_BLOCKS) or min(channels) < 1:
         raise ValueError(
             f"channels: 'lwn' needs 4 positive stage widths (blocks fixed at 2, 2, 6, 2), "

@@ -1,0 +1,107 @@
+"""The preprocessing of a NIfTI volume and its inverse: from the preprocessed grid back to
+the file's own grid (shape, affine, orientation).
+
+`preprocess_volume` runs training's `segmentation_chain` (image only) and keeps MONAI's record
+of the spatial steps applied (reorientation, resampling, body crop); `invert` undoes them for
+any array on the preprocessed grid (`Compose.inverse`), and `labels_in_original_space` does
+so for a label map (nearest neighbour). Prediction writes its label maps in the input's grid
+with it; evaluation scores predictions against the original label files with it.
+"""
+
+from __future__ import annotations
+
+import functools
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureTyped
+from monai.transforms.utils import convert_applied_interp_mode
+from monai.utils import TraceKeys
+
+from semimed.config import ConfigError
+from semimed.data.preprocess import segmentation_chain
+
+
+def error_cause(err: BaseException) -> str:
+    """The innermost error of a chain (MONAI wraps reader errors) as one short phrase."""
+    while err.__cause__ or err.__context__:
+        err = err.__cause__ or err.__context__
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{err.__class__.__name__}: {text}"[:200] if text else err.__class__.__name__
+
+
+@functools.lru_cache(maxsize=4)
+def volume_chain(spacing: tuple[float, ...], window: tuple[float, ...]) -> Compose:
+    """Training's `segmentation_chain` (image only) without its final conversion to NumPy,
+    so its output keeps MONAI's record of the spatial steps applied (for the inverse)."""
+    chain = segmentation_chain(spacing, window, labeled=False)
+    return Compose([t for t in chain.transforms if not isinstance(t, EnsureTyped)])
+
+
+def preprocess_volume(path: str | Path, spacing, window) -> MetaTensor:
+    """A NIfTI volume -> (1, X', Y', Z') float32 in [0, 1], RAS, `spacing` mm, cropped to the
+    body: exactly what training saw, plus its metadata and applied operations."""
+    chain = volume_chain(tuple(float(s) for s in spacing), tuple(float(w) for w in window))
+    try:
+        image = chain({"image": str(path)})["image"]
+    except Exception as err:
+        raise ConfigError(f"{path}: cannot preprocess ({error_cause(err)})") from None
+    if min(image.shape[1:]) == 0:
+        raise ConfigError(f"{path}: no voxel above the intensity window {list(window)}")
+    return image
+
+
+def _untraced(ops):
+    """`ops` with every transform id (nested ones too, e.g. a crop's padding) set to
+    `TraceKeys.NONE`, so the inverse matches them in last-in-first-out order."""
+    if isinstance(ops, list):
+        return [_untraced(op) for op in ops]
+    if isinstance(ops, dict):
+        out = {k: _untraced(v) for k, v in ops.items()}
+        return out | ({TraceKeys.ID: TraceKeys.NONE} if TraceKeys.ID in ops else {})
+    return ops
+
+
+def invert(data: torch.Tensor, reference: MetaTensor, nearest: bool) -> np.ndarray:
+    """(C, X', Y', Z') on `reference`'s preprocessed grid -> (C, X, Y, Z) on its file's grid.
+
+    MONAI's record of the applied operations holds every size and affine the inverse needs;
+    its transform ids are cleared (`_untraced`) so any instance of the chain inverts it."""
+    ops = _untraced(deepcopy(reference.applied_operations))
+    if nearest:  # labels: nearest neighbour instead of the image's bilinear resampling
+        ops = convert_applied_interp_mode(ops, mode="nearest", align_corners=None)
+    pred = MetaTensor(data.detach().float().cpu(), meta=deepcopy(reference.meta))
+    pred.applied_operations = ops
+    inverse_chain = volume_chain((1.0, 1.0, 1.0), (0.0, 1.0))  # settings unused by the inverse
+    out = inverse_chain.inverse({"image": pred})["image"]
+    return np.asarray(out.detach().cpu().numpy())
+
+
+def labels_in_original_space(
+    labels, image: MetaTensor | str | Path, spacing=None, window=None
+) -> np.ndarray:
+    """A label map in the preprocessed grid -> (X, Y, Z) uint8 in the image file's own grid
+    (its shape, affine and orientation), by inverting the chain (nearest neighbour).
+
+    `labels`: (X', Y', Z') or (1, X', Y', Z') integers, on the grid `segmentation_chain
+    (spacing, window)` makes of `image`, e.g. a `predict_volume` result on a preprocessed
+    volume. `image`: the `preprocess_volume` output (carries the applied operations), or the
+    path of the original NIfTI, which is then preprocessed again with `spacing` (mm) and
+    `window` to recover them -- what evaluation needs to score in the label files' own space
+    (the labeled chain crops and resamples labels on the image's grid, so it is the same).
+    Voxels outside the body crop are background (0)."""
+    if not isinstance(image, MetaTensor):
+        if spacing is None or window is None:
+            raise ValueError("labels_in_original_space: a path needs spacing and window")
+        image = preprocess_volume(image, spacing, window)
+    labels = torch.as_tensor(np.asarray(labels))
+    labels = labels[None] if labels.ndim == 3 else labels
+    if tuple(labels.shape[1:]) != tuple(image.shape[1:]):
+        raise ValueError(
+            f"labels_in_original_space: labels {list(labels.shape[1:])} are not on the "
+            f"preprocessed grid {list(image.shape[1:])}"
+        )
+    return np.rint(invert(labels, image, nearest=True)[0]).astype(np.uint8)
