@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install repro test lint bench clean-venv
+.PHONY: install params repro test lint bench clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,15 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
+# params.yaml (what the stages read) is composed by Hydra from conf/config.yaml and the preset
+# it names, exactly as `dvc exp run -S key=value` composes it; rebuilt when conf/ is newer.
+params.yaml: conf/config.yaml $(wildcard conf/preset/*.yaml) | $(STAMP)
+	$(BIN)/python -c "from dvc.utils.hydra import compose_and_dump as c; c('params.yaml', '$(CURDIR)/conf', None, 'config', '', [])"
+
+params: params.yaml
+
 # The default pipeline on the embedded synthetic data (DVC needs a git repo with a commit).
-repro: $(STAMP)
+repro: $(STAMP) params.yaml
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
 test: $(STAMP)
@@ -27,10 +34,22 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src stages tests benchmarks
 
 # benchmarks/bench.py: step cost of every method against its intrinsic cost, data throughput,
-# DVC and stage times, peak memory -> metrics/bench.json and metrics/bench.md (~4-6 min;
-# `--pipeline` adds a full dvc repro from scratch in a scratch copy, ~9 min more).
+# DVC and stage times, stage start-up, predict throughput, peak memory -> metrics/bench.json
+# and metrics/bench.md (~5-7 min; `--pipeline` adds a full dvc repro from scratch in a scratch
+# copy, ~9 min more). `make bench BENCH_ARGS="--preset gpu --device cuda"`: the GPU mode ->
+# metrics/bench_gpu.json and metrics/bench_gpu.md (docs/benchmark.md).
+BENCH_ARGS ?=
 bench: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.bench
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+# Every plot of the workspace as one page that renders offline (Vega inlined from
+# assets/vega/offline.html) -> plots/html/index.html; `plots-check` then opens it in headless
+# Chromium with no network and fails unless every chart is drawn (scripts/check_plots_offline.sh).
+plots: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc plots show --html-template assets/vega/offline.html -o plots/html
+
+plots-check: plots
+	scripts/check_plots_offline.sh plots/html/index.html
 
 clean-venv:
 	rm -rf $(VENV)

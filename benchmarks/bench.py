@@ -9,11 +9,16 @@ the pipeline's time and memory. Writes ``metrics/bench.json`` and ``metrics/benc
 * pipeline (`benchmarks.pipeline`): DVC's own cost and the stages' wall time and peak memory
   in a scratch copy of the repository; the default ``dvc repro`` time estimated from them, or
   measured from scratch with ``--pipeline`` (~9 min on 2 cores).
+* startup (`benchmarks.startup`): each stage script's start-up (interpreter + imports).
+* predict (`benchmarks.predict_speed`): `semimed predict` images/s and volumes/s on the CPU.
+* ``--preset gpu`` (`benchmarks.gpu`): per method at the GPU preset's sizes, ms/step, FLOPs,
+  share of the device's bf16 peak and the data stream's share -> ``bench_gpu.json/.md``.
 * targets and tables: `benchmarks.table`.
 
 Run from the repository root:
 
     python -m benchmarks.bench [--quick] [--pipeline] [--workdir DIR] [--out metrics]
+    python -m benchmarks.bench --preset gpu [--device cuda] [--overrides FILE.yaml]
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import torch
 
 from benchmarks.data_stream import bench_data, timed
 from benchmarks.pipeline import bench_dvc, bench_stages, copy_repo, estimate_pipeline, isolated_env
+from benchmarks.predict_speed import bench_predict
+from benchmarks.startup import bench_startup
 from benchmarks.steps import bench_methods
 from benchmarks.table import check_targets, markdown
 from semimed import paths
@@ -41,11 +48,19 @@ from semimed.tasks import TASK_SPECS
 TASKS = tuple(TASK_SPECS)
 # Work per run: (rounds, steps per round, warm-up steps) per method on one thread (CPU time,
 # the ratios) and on the default threads (wall time); items cached (classification,
-# segmentation), stream batches, sliding-window volumes, repeats of each DVC command.
+# segmentation), stream batches, sliding-window volumes, repeats of each DVC command and
+# stage start-up, test items predicted (classification, segmentation).
 SIZES = {
-    "default": dict(one=(4, 3, 2), wall=(2, 2, 1), items=(64, 6), batches=20, volumes=3, repeats=3),
-    "quick": dict(one=(1, 2, 1), wall=(1, 2, 1), items=(2, 2), batches=2, volumes=1, repeats=1),
-}
+    "default": dict(
+        one=(4, 3, 2), wall=(2, 2, 1), items=(64, 6), batches=20, volumes=3, repeats=3,
+        predict=(256, 4),
+    ),
+    "quick": dict(
+        one=(1, 2, 1), wall=(1, 2, 1), items=(2, 2), batches=2, volumes=1, repeats=1,
+        predict=(4, 1),
+    ),
+}  # fmt: skip
+SECTIONS = "methods,data,pipeline,startup,predict"
 
 
 def machine() -> dict:
@@ -79,9 +94,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pipeline", action="store_true", help="also time a full dvc repro (~9 min)")
     workdir = "a folder with params.yaml (data/ made if missing) to use instead of a copy of "
     p.add_argument("--workdir", type=Path, help=workdir + "the repository; no DVC timings")
-    p.add_argument("--sections", default="methods,data,pipeline", help="comma-separated subset")
+    p.add_argument("--sections", default=SECTIONS, help="comma-separated subset")
     p.add_argument("--out", type=Path, default=paths.METRICS, help="folder for bench.json/.md")
+    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="gpu: benchmarks.gpu")
+    p.add_argument("--device", default="auto", help="--preset gpu: cpu, cuda or auto")
+    p.add_argument("--overrides", type=Path, help="--preset gpu: a YAML of params overrides")
+    p.add_argument("--methods", help="--preset gpu: comma-separated methods (default: issue 17's)")
     args = p.parse_args(argv)
+    if args.preset == "gpu":
+        from benchmarks.gpu import run_gpu_bench
+
+        methods = args.methods and {t: tuple(args.methods.split(",")) for t in TASKS}
+        out = args.out if args.out.is_absolute() else Path.cwd() / args.out
+        return run_gpu_bench(args.device, args.overrides, args.quick, args.workdir, out, methods)
     sections, size = set(args.sections.split(",")), SIZES["quick" if args.quick else "default"]
     root, began = Path.cwd(), time.perf_counter()
     res: dict = {"machine": machine(), "settings": {"quick": args.quick, "pipeline": args.pipeline}}
@@ -114,6 +139,13 @@ def main(argv: list[str] | None = None) -> dict:
                 t: bench_data(c, work, data[t], size["items"][k], size["batches"], size["volumes"])
                 for k, (t, c) in enumerate(cfgs.items())
             }
+        if "predict" in sections:
+            res["predict"] = {
+                t: bench_predict(c, data[t], work, size["predict"][k])
+                for k, (t, c) in enumerate(cfgs.items())
+            }
+        if "startup" in sections:
+            res["startup"] = bench_startup(root / "stages", work, size["repeats"])
     res["machine"]["load_end"] = os.getloadavg()[0]
     res["seconds"] = round(time.perf_counter() - began, 1)
     res["targets"] = check_targets(res)

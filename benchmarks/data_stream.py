@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -30,17 +29,6 @@ def timed(fn):
     return out, time.perf_counter() - began
 
 
-@contextlib.contextmanager
-def _inside(folder: Path):
-    """Work in ``folder`` (contextlib.chdir needs Python 3.11)."""
-    before = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
 def stream_method(task: str):
     """The method class whose stream draws the most views per step: the first registered
     semi-supervised method on the unlabeled split with the most views (classification:
@@ -59,7 +47,7 @@ def bench_data(cfg, work: Path, data, items: int, batches: int, volumes: int) ->
     dense = spec(cfg.task).dense
     ingested = work / paths.ingested(cfg.task)
     unit = "volumes" if dense else "images"
-    with tempfile.TemporaryDirectory() as tmp, _inside(work):  # manifest paths are relative
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(work):  # manifest paths are relative
         manifest, secs = timed(lambda: pp.preprocess(cfg, ingested, Path(tmp) / "processed"))
     n = len(manifest["records"])
     out = {"unit": unit, "preprocess": {"items": n, "seconds": round(secs, 2), "per_s": n / secs}}

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from semimed import build
 from semimed.data.loaders import train_batches
 from semimed.methods import METHODS, Method
-from semimed.train import make_optimization, optimizer_step
+from semimed.optimization import make_optimization, optimizer_step
 
 DEVICE = torch.device("cpu")
 

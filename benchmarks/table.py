@@ -4,8 +4,16 @@ tables of the methods, data and pipeline sections of ``metrics/bench.json``."""
 from __future__ import annotations
 
 # Limits: default dvc repro seconds, method time / intrinsic cost, no-op dvc repro seconds,
-# peak resident memory (GiB) of a train or evaluate stage.
-TARGETS = {"pipeline_s": 600.0, "waste": 1.1, "noop_repro_s": 3.0, "peak_rss_gib": 4.0}
+# peak resident memory (GiB) of a train or evaluate stage, start-up seconds of a stage script
+# without torch and of one with torch (issue 17).
+TARGETS = {
+    "pipeline_s": 600.0,
+    "waste": 1.1,
+    "noop_repro_s": 2.0,
+    "peak_rss_gib": 4.0,
+    "startup_light_s": 1.0,
+    "startup_torch_s": 2.5,
+}
 
 
 def check_targets(res: dict) -> list[dict]:
@@ -35,6 +43,17 @@ def check_targets(res: dict) -> list[dict]:
         add("method time / intrinsic cost", "waste", worst[1], note)
     if "dvc" in pipe:
         add("no-op dvc repro (s)", "noop_repro_s", pipe["dvc"]["noop_repro_s"], pipe["dvc"]["note"])
+    startup = {k: v for k, v in res.get("startup", {}).items() if k != "python"}
+    for key, torch, what in (
+        ("startup_light_s", False, "without"),
+        ("startup_torch_s", True, "with"),
+    ):
+        group = [
+            (v["seconds"], k) for k, v in startup.items() if ("torch" in v["imports"]) == torch
+        ]
+        if group:
+            value, name = max(group)
+            add(f"stage start-up {what} torch (s)", key, value, f"slowest: {name}")
     runs = pipe.get("stages", {}).get("runs", {})
     peaks = [(v["peak_rss_gib"], k) for k, v in runs.items() if k.startswith(("train", "eval"))]
     if peaks:
@@ -49,7 +68,8 @@ def _fmt(v, spec=".2f") -> str:
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     """A Markdown table; text columns left-aligned, numbers right-aligned."""
-    left = ("method", "target", "note", "passes", "top", "data", "pipeline", "met")
+    left = ("method", "target", "note", "passes", "top", "data", "pipeline", "met", "predict")
+    left += ("stage", "heavy", "model", "items")
     align = ["---" if h.startswith(left) else "---:" for h in header]
     lines = ["", "| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
@@ -143,6 +163,23 @@ def markdown(res: dict) -> str:
         header = ["data", "preprocess stage", "MONAI Dataset (no cache)", "CacheDataset"]
         header += ["training stream", "sliding window"]
         lines += _table(header, [_data_row(t, d) for t, d in res["data"].items()])
+    if res.get("predict"):
+        rows = [
+            [
+                t,
+                f"{p['per_s']:.2f} {p['unit']}/s",
+                f"{p['items']} in {p['seconds']:.1f} s",
+                p["model"],
+            ]
+            for t, p in res["predict"].items()
+        ]
+        lines += _table(["predict (CPU)", "throughput", "items", "model folder"], rows)
+    if res.get("startup"):
+        rows = [
+            [k, f"{v['seconds']:.2f}", ", ".join(v["imports"]) or "-"]
+            for k, v in res["startup"].items()
+        ]
+        lines += _table(["stage start-up (`--help`)", "seconds", "heavy imports"], rows)
     rows = _pipeline_rows(res.get("pipeline", {}))
     if rows:
         lines += _table(["pipeline", "seconds", "peak RSS GiB"], rows)

@@ -4,7 +4,7 @@ Loads the best checkpoint of every `classification.methods` x `classification.se
 writes, from the TEST split, under plots/analysis/classification/:
 
 * gradcam.png         the same test images for each method (first seed), Grad-CAM overlaid
-* robustness.json     [{method, kind, strength, balanced_accuracy, std, n}] (a DVC plot)
+* robustness.json     [{method, seed, kind, strength, balanced_accuracy}], one per run (a DVC plot)
 * robustness.png      balanced accuracy vs perturbation strength, mean +- std over seeds
 * embeddings_tsne.png / embeddings_umap.png   backbone features in 2D (first seed)
 """
@@ -28,18 +28,19 @@ def run() -> None:
     data = load_task_data(cfg, paths.processed(task), paths.splits(task))
     device = select_device(cfg.train.device)
     models = {
-        method: [
-            load_for_data(cfg, data, method, paths.model_dir(task, method, seed), device)
+        method: {
+            seed: load_for_data(cfg, data, method, paths.model_dir(task, method, seed), device)
             for seed in cfg.seeds
-        ]
+        }
         for method in cfg.methods
     }
+    first = {method: nets[cfg.seeds[0]] for method, nets in models.items()}
     x, y = data.arrays(data.split["test"])
     began = time.perf_counter()
 
     shown = analysis.select_images(y, params.gradcam_images)
     k = data.num_classes  # the primary target's logit columns come first
-    rows = {m: analysis.gradcam_maps(nets[0], x[shown], k) for m, nets in models.items()}
+    rows = {m: analysis.gradcam_maps(net, x[shown], k) for m, net in first.items()}
     analysis.plot_gradcam_grid(
         x[shown], y[shown].tolist(), rows, data.class_names, OUT / "gradcam.png"
     )
@@ -55,12 +56,12 @@ def run() -> None:
         device,
         k,
     )
-    write_json_atomic(OUT / "robustness.json", records)
+    write_json_atomic(paths.ROBUSTNESS, records)
     analysis.plot_robustness(records, OUT / "robustness.png")
 
     features = {
-        m: analysis.backbone_features(nets[0], x, cfg.eval.batch_size, device)
-        for m, nets in models.items()
+        m: analysis.backbone_features(net, x, cfg.eval.batch_size, device)
+        for m, net in first.items()
     }
     for how in analysis.PROJECTIONS:
         points = {
@@ -73,11 +74,14 @@ def run() -> None:
             points, y.tolist(), data.class_names, title, OUT / f"embeddings_{how}.png"
         )
 
-    clean = {r["method"]: r["balanced_accuracy"] for r in records if r["strength"] == 0}
+    clean: dict[str, list[float]] = {}  # every seed's clean score, once (strength 0 = any kind)
+    for r in records:
+        if r["strength"] == 0 and r["kind"] == params.kinds[0]:
+            clean.setdefault(r["method"], []).append(r["balanced_accuracy"])
     print(
         f"analyze classification: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds, "
         f"{len(y)} test images, {time.perf_counter() - began:.1f}s; clean balanced accuracy "
-        + ", ".join(f"{m}={v:.3f}" for m, v in clean.items())
+        + ", ".join(f"{m}={sum(v) / len(v):.3f}" for m, v in clean.items())
     )
 
 

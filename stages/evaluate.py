@@ -11,7 +11,7 @@ import json
 from semimed import cli, paths
 from semimed.build import load_for_data, load_task
 from semimed.data.taskdata import load_task_data
-from semimed.evaluate.run import evaluate_run, write_cases
+from semimed.evaluate.run import evaluate_run, run_record, write_cases
 from semimed.io import write_json_atomic
 from semimed.runtime import select_device
 from semimed.tasks import spec
@@ -30,18 +30,7 @@ def run() -> None:
         cfg, data, model, device, plots, f"{method} seed {seed}", paths.ingested(task)
     )
     train_info = json.loads((model_dir / "train.json").read_text())
-    metrics = {
-        "task": task,
-        "method": method,
-        "seed": seed,
-        "n_test": len(data.split["test"]),
-        **metrics,
-        # provenance: the run's fingerprint hashes its params, data, split and code
-        # (wall time is left out so that equal runs give byte-identical files)
-        "train": {
-            k: v for k, v in train_info.items() if k not in ("task", "method", "seed", "seconds")
-        },
-    }
+    metrics = run_record(task, method, seed, len(data.split["test"]), metrics, train_info)
     write_json_atomic(paths.run_metrics(task, method, seed), metrics)
     write_cases(paths.run_cases(task, method, seed), cases)
     headline = spec(task).headline

@@ -1,8 +1,9 @@
 """Stage train_<task>@<method>-<seed>: one training run through THE loop (semimed.train).
 
-Writes models/<task>/<method>/seed<k>/ (best.pt, last.pt, train.json, and model.json, which
-makes the folder usable without params.yaml: `semimed predict`, `semimed export`) and the
-DVCLive folder plots/train/<task>/<method>/seed<k>/. Both persist, so a crashed run resumes.
+Writes models/<task>/<method>/seed<k>/ (best.pt, train.json, and model.json, which makes the
+folder usable without params.yaml: `semimed predict`, `semimed export`) and the DVCLive folder.
+The resumable checkpoint goes to .scratch/<task>/<method>/seed<k>/last.pt (not a DVC output),
+so a crashed run resumes and DVC's run cache can restore finished runs.
 With `train.devices` > 1 the script starts itself again under torchrun, one process each.
 """
 
@@ -30,6 +31,7 @@ def run() -> None:
         model_dir=paths.model_dir(args.task, args.method, args.seed),
         live_dir=paths.live_dir(args.task, args.method, args.seed),
         data_files=[processed / "manifest.json", splits],
+        scratch_dir=paths.scratch_dir(args.task, args.method, args.seed),
     )
     if os.environ.get("RANK", "0") == "0":  # one card and one line, not one per process
         write_model_card(paths.model_dir(args.task, args.method, args.seed), cfg, data, args.method)

@@ -54,6 +54,17 @@ TINY = {
 }
 
 
+def write_params(repo: Path, params: dict) -> None:
+    """Write `params` as a repository's params.yaml AND as its Hydra source conf/config.yaml
+    (with the preset defaults list), so that `dvc exp run -S key=value`, which composes
+    params.yaml from conf/, keeps `params` (e.g. a tiny override) and only applies the -S."""
+    params = {k: v for k, v in params.items() if k != "preset"}
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "preset": "demo"}, sort_keys=False))
+    source = {"defaults": ["_self_", {"preset": "demo"}], **params}
+    (repo / "conf").mkdir(exist_ok=True)
+    (repo / "conf" / "config.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
+
+
 def merge(base: dict, over: dict) -> dict:
     """Recursively update `base` with `over` (lists and scalars replace)."""
     for k, v in over.items():

@@ -121,22 +121,21 @@ def test_inference_copy_folds_batchnorm_or_falls_back():
 
 def test_robustness_records_and_plot(tmp_path):
     x, y = _data()
-    models = {"a": [_net(0), _net(1)], "b": [_net(2)]}
+    models = {"a": {3: _net(0), 5: _net(1)}, "b": {0: _net(2)}}
     strengths = [0.0, 0.5, 1.0]
     records = analysis.robustness_records(models, x, y, PERTURBATIONS, strengths, 0, 8, "cpu")
-    keys = [(r["method"], r["kind"], r["strength"]) for r in records]
-    assert len(keys) == len(set(keys)) == 2 * len(PERTURBATIONS) * len(strengths)
-    assert set(records[0]) == {"method", "kind", "strength", "balanced_accuracy", "std", "n"}
-    clean = [
-        balanced_accuracy_score(y, predict_proba(net, x, 8, "cpu").argmax(1)) for net in models["a"]
-    ]
-    for r in records:
-        assert r["n"] == len(models[r["method"]])
-        if r["method"] == "a" and r["strength"] == 0:
-            assert r["balanced_accuracy"] == pytest.approx(np.mean(clean), abs=1e-6)
-            assert r["std"] == pytest.approx(np.std(clean, ddof=1), abs=1e-6)
-        if r["method"] == "b":
-            assert r["std"] == 0.0
+    keys = [(r["method"], r["seed"], r["kind"], r["strength"]) for r in records]
+    assert len(keys) == len(set(keys)) == 3 * len(PERTURBATIONS) * len(strengths)
+    # one flat list of per-run rows: a DVC template colours by method and facets by kind
+    assert all(
+        set(r) == {"method", "seed", "kind", "strength", "balanced_accuracy"} for r in records
+    )
+    assert {(r["method"], r["seed"]) for r in records} == {("a", 3), ("a", 5), ("b", 0)}
+    for seed, net in models["a"].items():
+        clean = balanced_accuracy_score(y, predict_proba(net, x, 8, "cpu").argmax(1))
+        for r in records:
+            if (r["method"], r["seed"], r["strength"]) == ("a", seed, 0.0):
+                assert r["balanced_accuracy"] == pytest.approx(clean, abs=1e-6)
     out = tmp_path / "robustness.png"
     analysis.plot_robustness(records, out)
     _assert_png(out)
@@ -224,7 +223,9 @@ def test_analyze_stage_in_process(tmp_path, monkeypatch, default_params):
     for name in ("gradcam.png", "robustness.png", "embeddings_tsne.png", "embeddings_umap.png"):
         _assert_png(out / name)
     records = json.loads((out / "robustness.json").read_text())
-    assert len(records) == len(cfg.methods) * len(PERTURBATIONS) * len(ANALYSIS["strengths"])
+    runs = len(cfg.methods) * len(cfg.seeds)
+    assert len(records) == runs * len(PERTURBATIONS) * len(ANALYSIS["strengths"])
+    assert {r["seed"] for r in records} == set(cfg.seeds)
 
 
 # ------------------------------------------------------------------ label efficiency

@@ -44,7 +44,8 @@ def workdir(tmp_path_factory, default_params):
 @pytest.fixture(scope="module")
 def result(workdir):
     out = workdir / "metrics"
-    args = ["--quick", "--workdir", str(workdir), "--sections", "methods,data", "--out", str(out)]
+    sections = "methods,data,predict"
+    args = ["--quick", "--workdir", str(workdir), "--sections", sections, "--out", str(out)]
     return bench.main(args)
 
 
@@ -90,6 +91,34 @@ def test_json_and_markdown_hold_every_section(result, workdir):
     assert isinstance(waste["met"], bool) and _positive(waste["ratio"])
     md = (workdir / "metrics" / "bench.md").read_text()
     assert "| target |" in md and "| fixmatch |" in md and "| dst |" in md
+
+
+def test_predict_throughput_per_task(result, workdir):
+    """`semimed predict` on the test files: images/s and volumes/s with a default-network
+    model folder (untrained here: the copy has no trained run)."""
+    for task, unit in (("classification", "images"), ("segmentation", "volumes")):
+        p = result["predict"][task]
+        assert p["unit"] == unit and p["items"] >= 1 and _positive(p["per_s"]), p
+        assert p["model"].startswith(("cnn", "unet")) and "untrained" in p["model"]
+    md = (workdir / "metrics" / "bench.md").read_text()
+    assert "| predict (CPU) |" in md and "volumes/s" in md and "images/s" in md
+
+
+def test_startup_times_each_script_and_checks_the_targets(tmp_path):
+    """A stage without torch and one with it: timed, their heavy imports named, and each
+    checked against its own start-up limit."""
+    from benchmarks import startup
+
+    (tmp_path / "light.py").write_text("import json\n")
+    (tmp_path / "heavy.py").write_text("import torch\n")
+    out = startup.bench_startup(tmp_path, tmp_path, repeats=1)
+    assert set(out) == {"python", "light", "heavy"}
+    assert out["light"]["imports"] == [] and "torch" in out["heavy"]["imports"]
+    assert 0 < out["python"]["seconds"] and out["light"]["seconds"] < out["heavy"]["seconds"]
+    rows = {t["target"]: t for t in table.check_targets({"startup": out})}
+    light, heavy = rows["stage start-up without torch (s)"], rows["stage start-up with torch (s)"]
+    assert light["note"] == "slowest: light" and heavy["note"] == "slowest: heavy"
+    assert light["limit"] == 1.0 and heavy["limit"] == 2.5
 
 
 def test_run_measured_reports_peak_memory(tmp_path):
@@ -140,7 +169,7 @@ def test_estimate_and_targets_say_what_is_missed(tmp_path, tiny):
     rows = {t["target"]: t for t in table.check_targets({"methods": methods, "pipeline": pipe})}
     waste = rows["method time / intrinsic cost"]
     assert waste["met"] is False and "segmentation/a 1.50x" in waste["note"]
-    assert rows["no-op dvc repro (s)"]["ratio"] == pytest.approx(4 / 3, abs=1e-3)
+    assert rows["no-op dvc repro (s)"]["ratio"] == pytest.approx(4 / 2, abs=1e-3)
     memory = rows["peak resident memory of train/evaluate (GiB)"]
     assert memory["met"] is False and memory["note"] == "evaluate segmentation/x"
     assert "ESTIMATE" in rows["default pipeline (s)"]["note"]
@@ -148,5 +177,55 @@ def test_estimate_and_targets_say_what_is_missed(tmp_path, tiny):
     machine = dict(cpus=2, threads=2, torch="x", matmul_gflops=1.0, load_start=0.0, load_end=0.0)
     res = {"targets": list(rows.values()), "seconds": 1.0, "machine": machine, "pipeline": pipe}
     md = table.markdown(res)
-    assert "| no-op dvc repro (s) | 3 | 4.00 | **no** | 1.33 |" in md
+    assert "| no-op dvc repro (s) | 2 | 4.00 | **no** | 2.00 |" in md
     assert "| stage evaluate segmentation/x | 4.0 | 4.50 |" in md and "ESTIMATE" in md
+
+
+def test_gpu_params_merge_preset_then_overrides(tmp_path, default_params):
+    """Hydra's `# @package _global_` preset, then --overrides (dotted keys too); other
+    top-level keys (defaults, preset) are not params."""
+    from benchmarks import gpu
+
+    preset = tmp_path / "gpu.yaml"
+    preset.write_text(
+        "# @package _global_\npreset: gpu\nsegmentation:\n  train:\n    patch_size: [96, 96, 96]\n"
+        "    batch_size: 2\n"
+    )
+    over = tmp_path / "over.yaml"
+    over.write_text("segmentation.train.batch_size: 5\nclassification:\n  network: {name: cnn}\n")
+    params = gpu.gpu_params(default_params, over, preset)
+    assert params["segmentation"]["train"]["steps"] >= gpu.MIN_STEPS
+    assert params["segmentation"]["train"]["patch_size"] == [96, 96, 96]
+    assert params["segmentation"]["train"]["batch_size"] == 5
+    assert params["segmentation"]["train"]["lr"] == default_params["segmentation"]["train"]["lr"]
+    assert "preset" not in params and default_params["segmentation"]["train"]["batch_size"] == 2
+    fallback = gpu.gpu_params(default_params, None, tmp_path / "missing.yaml")
+    assert fallback["classification"]["network"]["name"] == "resnet18"
+    assert gpu.PEAKS["H200"] == gpu.PEAKS["H100"] == 989e12
+
+
+def test_gpu_mode_runs_on_cpu_with_tiny_sizes(tmp_path):
+    """`--preset gpu --device cpu` end to end: the data stages at the merged sizes, each
+    method's streamed and fixed-batch step, the stream alone, FLOPs; no bf16 peak on a CPU."""
+    over = copy.deepcopy(TINY)
+    over["segmentation"]["network"]["channels"] = [4, 8, 16]  # URPC needs 3 levels
+    over["classification"]["network"]["name"] = "cnn"  # the preset's resnet18 is slow on CPU
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(over))
+    args = ["--preset", "gpu", "--device", "cpu", "--quick", "--overrides"]
+    args += [str(tmp_path / "tiny.yaml"), "--methods", "supervised,mean_teacher,cps"]
+    args += ["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    res = bench.main(args)
+    assert res["device"].startswith("CPU") and res["bf16_peak_tflops"] is None
+    seg = res["tasks"]["segmentation"]
+    assert [r["method"] for r in seg["methods"]] == ["supervised", "mean_teacher", "cps"]
+    assert "16x16x16" in seg["sizes"]
+    cls = res["tasks"]["classification"]["methods"]
+    assert [r["method"] for r in cls] == ["supervised", "mean_teacher"]  # cps: not registered
+    for r in seg["methods"] + cls:
+        for key in ("step_ms", "fixed_batch_ms", "stream_ms", "gflop"):
+            assert _positive(r[key]), (r["method"], key, r)
+        assert 0.0 <= r["data_share"] < 1.0 and r["peak_share"] is None
+    md = (tmp_path / "out" / "bench_gpu.md").read_text()
+    assert "GPU bench mode on **CPU" in md and "| cps |" in md and "n/a |" in md
+    saved = json.loads((tmp_path / "out" / "bench_gpu.json").read_text())
+    assert saved["tasks"]["segmentation"]["methods"][2]["gflop"] > seg["methods"][0]["gflop"]

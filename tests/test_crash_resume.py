@@ -1,5 +1,6 @@
 """A training run killed with SIGKILL mid-way resumes under the real `dvc repro` and ends
-with the same files, byte for byte, as an uninterrupted run of the same params and seed.
+with the same files, byte for byte, as an uninterrupted run of the same params and seed,
+early stop included (it stops at the same step, with the same weights).
 
 Uses the temporary git + DVC repository of test_pipeline_e2e (its `repo` fixture) with one
 classification run of 30 steps. That the evaluate stage then writes the same metrics file
@@ -17,11 +18,12 @@ import time
 
 import torch
 import yaml
-from test_pipeline_e2e import _run, repo  # noqa: F401  (`repo`: the temporary repository)
+from test_pipeline_e2e import repo  # noqa: F401  (`repo`: the temporary repository)
+from test_pipeline_e2e import run as _run
 
 RUN = "classification/fixmatch/seed0"
 TARGET = "train_classification@fixmatch-0"
-STEPS, EVERY = 30, 10
+STEPS, EVERY, STOP = 50, 10, 30  # early stopping (patience 1, min_steps 30) ends it at 30
 
 
 def _files(root) -> dict:
@@ -47,7 +49,7 @@ def _last_step(path) -> int:
 def _kill_after_checkpoint(args, root, env) -> int:
     """Run `args` in a new process group; SIGKILL the whole group (dvc and the stage) once
     last.pt holds step >= EVERY. Returns that step."""
-    last = root / "models" / RUN / "last.pt"
+    last = root / ".scratch" / RUN / "last.pt"
     proc = subprocess.Popen(
         args,
         cwd=root,
@@ -74,26 +76,32 @@ def test_killed_run_resumes_under_dvc_repro_bit_identically(repo):  # noqa: F811
     cls = params["classification"]
     cls.update(methods=["fixmatch"], seeds=[0])
     cls["train"].update(steps=STEPS, eval_every=EVERY, checkpoint_every=EVERY)
+    # no score beats the best by 1.0: patience runs out at the first validation >= min_steps
+    cls["train"].update(patience=1, min_steps=STOP, min_delta=1.0)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     # the uninterrupted run (ingest, preprocess and split run first)
     _run(["dvc", "repro", TARGET], root, env)
     expected = _files(root)
-    for folder in (root / "models" / RUN, root / "plots/train" / RUN):
+    info = expected["train.json"]
+    assert info["last_step"] == STOP and info["convergence"]["stopped_early"], info
+    for folder in (root / "models" / RUN, root / "plots/train" / RUN, root / ".scratch" / RUN):
         shutil.rmtree(folder)
+    # --force: DVC's run cache would otherwise restore the finished run instead of training
+    again = ["dvc", "repro", "--force", "--single-item", TARGET]
 
-    killed_at = _kill_after_checkpoint(["dvc", "repro", TARGET], root, env)
-    assert EVERY <= killed_at < STEPS, "the run finished before the kill"
+    killed_at = _kill_after_checkpoint(again, root, env)
+    assert EVERY <= killed_at < STOP, "the run finished before the kill"
     model_dir = root / "models" / RUN
     assert not (model_dir / "train.json").exists()
-    state = torch.load(model_dir / "last.pt", weights_only=True)  # complete, never torn
+    state = torch.load(root / ".scratch" / RUN / "last.pt", weights_only=True)  # never torn
     assert state["step"] >= killed_at
     torch.load(model_dir / "best.pt", weights_only=True)
 
-    out = _run(["dvc", "repro", TARGET], root, env)
+    out = _run(again, root, env)
     assert f"resuming {RUN} from step " in out, out
     resumed = int(out.split(f"resuming {RUN} from step ")[1].split()[0])
-    assert EVERY <= resumed < STEPS and "Running stage 'split_classification'" not in out
+    assert EVERY <= resumed < STOP and "Running stage 'split_classification'" not in out
     leftovers = [*root.glob("models/**/*.tmp"), *root.glob("plots/**/*.tmp")]
     assert not leftovers, "an interrupted write left a temporary file"
     # identical best.pt, DVCLive rows and train.json: resuming (and running twice with the

@@ -20,7 +20,8 @@ from semimed.data.splits import make_splits
 from semimed.data.taskdata import load_task_data
 from semimed.io import write_json_atomic
 from semimed.methods import get_method
-from semimed.train import lr_factor, train_run
+from semimed.optimization import lr_factor
+from semimed.train import train_run
 
 
 @pytest.fixture(scope="module")

@@ -86,9 +86,9 @@ def _train(work, task: str, method: str) -> None:
     assert stdout.count(f"train {task}/{method}/seed0: ") == 1  # rank 0's summary only
 
 
-def _weights(model_dir) -> dict[str, torch.Tensor]:
-    """The student's learned weights in last.pt (BatchNorm statistics left out)."""
-    state = torch.load(model_dir / "last.pt", weights_only=True)
+def _weights(folder) -> dict[str, torch.Tensor]:
+    """The student's learned weights in `folder`/last.pt (BatchNorm statistics left out)."""
+    state = torch.load(folder / "last.pt", weights_only=True)
     stats = ("running_mean", "running_var", "num_batches_tracked")
     return {
         k: v for k, v in state["method"].items() if k.startswith("net.") and not k.endswith(stats)
@@ -114,19 +114,15 @@ def test_two_processes_match_one_with_the_same_batch(work, tmp_path, method):
 
     # rank 0 alone wrote: one file each, one DVCLive row per validation, no leftovers
     model_dir, live_dir = work / "models" / run, work / "plots/train" / run
-    assert sorted(p.name for p in model_dir.iterdir()) == [
-        "best.pt",
-        "last.pt",
-        "model.json",
-        "train.json",
-    ]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["best.pt", "model.json", "train.json"]
+    scratch = work / ".scratch" / run  # the resumable state, outside the DVC outputs
     val = (live_dir / "plots/metrics/val/balanced_accuracy.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in val] == ["step", "2", "4"]
     assert not list(work.rglob("*.tmp"))
-    state = torch.load(model_dir / "last.pt", weights_only=True)
+    state = torch.load(scratch / "last.pt", weights_only=True)
     assert len(state["processes"]) == 2  # each process's random and stream state
 
-    ddp = _weights(model_dir)
+    ddp = _weights(scratch)
     single = {}
     for batch in (8, 4):
         section = copy.deepcopy(params[TASK])

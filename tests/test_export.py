@@ -1,5 +1,6 @@
 """`semimed export`: TorchScript and ONNX agree with PyTorch (ONNX Runtime, atol 1e-4) for a
-tiny fused LWN classifier and a tiny two-network 3D segmentation model."""
+tiny fused LWN classifier, a tiny two-network 3D segmentation model and the default-sized
+networks of both tasks."""
 
 from __future__ import annotations
 
@@ -69,3 +70,28 @@ def test_bad_exports_are_one_line(tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "lies inside" in err
     assert not (folder / "exported").exists() and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_default_sized_models_export_agree(task, default_params, tmp_path):
+    """The networks params.yaml trains by default (classification: cnn [8, 16, 32, 64] at
+    48 px; segmentation: unet [16, 32, 64, 128] on 32^3 patches), with the default method
+    that has a teacher (its `inference_model()` is the EMA copy): TorchScript and ONNX
+    Runtime reproduce PyTorch within `ATOL` on a batch of another size than the traced one."""
+    from semimed.build import parse_task
+
+    cfg = parse_task(task, default_params[task])
+    methods = [m for m in cfg.methods if m not in ("supervised", "supervised_full")]
+    data = cls_data(size=cfg.preprocess.image_size) if task == "classification" else seg_data()
+    folder, _ = make_model_folder(tmp_path / "run", cfg, methods[0], data)
+    card = load_model(folder).card
+    assert card["network"]["channels"] == list(cfg.network.channels)
+    info = export_model(folder, tmp_path / "export")
+    assert all(d <= ATOL for d in info["max_abs_difference"].values()), info
+    x = info["input"]["shape"][2:]  # the default input: 48 x 48 px, or the 32^3 patch
+    assert x == (
+        [cfg.preprocess.image_size] * 2
+        if task == "classification"
+        else card["inference"]["patch_size"]
+    )
+    assert _parity(folder, tmp_path / "export")[0] == 5

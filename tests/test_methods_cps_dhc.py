@@ -35,7 +35,8 @@ def test_cps_targets_are_the_other_networks_argmax():
         expected = weighted_ce(a, b.argmax(1, keepdim=True)) + weighted_ce(
             b, a.argmax(1, keepdim=True)
         )
-        sup = seg_supervised_loss(a[:2], batch["y_lb"]) + seg_supervised_loss(b[:2], batch["y_lb"])
+        y = batch["y_lb"]  # CPS trains with DHC's Dice by default
+        sup = seg_supervised_loss(a[:2], y, dice="dhc") + seg_supervised_loss(b[:2], y, dice="dhc")
     assert torch.allclose(terms["unsup"], expected, atol=1e-6)
     assert torch.allclose(terms["sup"], sup, atol=1e-6)
 
@@ -129,7 +130,9 @@ def test_hard_dice_per_class():
     y = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
     y[..., :2] = 1
     logits = torch.nn.functional.one_hot(y[:, 0], 3).movedim(-1, 1).float()
-    assert torch.allclose(hard_dice_per_class(logits, y), torch.ones(3))
+    # class 2 is in neither map: its Dice is undefined (NaN), not 1
+    expected = torch.tensor([1.0, 1.0, float("nan")])
+    assert torch.allclose(hard_dice_per_class(logits, y), expected, equal_nan=True)
 
 
 @pytest.mark.parametrize("field,value", [("cps_weight", -1.0), ("rampup", 2.0)])

@@ -82,8 +82,9 @@ def test_mean_teacher_student_sees_strong_teacher_sees_weak():
     torch.testing.assert_close(teacher_in, batch["x_ulb_w"])
     assert not teacher_out.requires_grad
     # The consistency compares the student's STRONG output with the teacher's weak output.
-    torch.testing.assert_close(out["unsup"], softmax_mse(student_out[2:], teacher_out))
-    assert set(out) == {"loss", "sup", "unsup", "weight"}
+    expected = softmax_mse(student_out[2:], teacher_out, sum_classes=True)
+    torch.testing.assert_close(out["unsup"], expected)
+    assert set(out) == {"loss", "sup", "unsup", "weight", "unsup_ratio"}
 
 
 def test_mean_teacher_unsup_term_alone_reaches_student_weights():

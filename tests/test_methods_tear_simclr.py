@@ -255,6 +255,7 @@ def test_tear_adapl_memory_updates_only_at_batch_indices_as_an_ema():
     captured = {}
     method.net.head.register_forward_hook(lambda m, i, o: captured.update(logits=o[10:].detach()))
     method.training_step(batch, 1)
+    method.teacher.eval()  # as training_step runs it
     teacher_logits = method.teacher(batch["x_ulb_w"])
     aligned = teacher_logits.softmax(1) / method.da_history.mean(0)
     d = distance(aligned / aligned.sum(1, keepdim=True), captured["logits"], "mse")
@@ -380,21 +381,22 @@ def test_simclr_switches_on_plateau_after_patience_windows():
     for step in range(8):
         phases.append(method.training_step(batch, step)["phase"].item())
         method.on_step_end(step)
-    # Windows end after steps 1 (best), 3 (stale 1) and 5 (stale 2 = patience): probe from 6.
-    assert phases == [1, 1, 1, 1, 1, 1, 2, 2]
-    assert method.phase == 2
+    # Windows end after steps 1 (best), 3 (stale 1) and 5 (stale 2 = patience): the loop has
+    # set step 6's learning rate already, so the probe starts at step 7.
+    assert phases == [1, 1, 1, 1, 1, 1, 1, 2]
+    assert method.phase == 2 and method.probe_start == 7
 
 
 def test_simclr_improving_windows_keep_pretraining_until_max_fraction():
     method = make(SimCLR, total_steps=20, window=2, patience=1, min_delta=0.1)
+    batch, phases = make_batch(), []
     for step in range(20):
+        phases.append(method.training_step(batch, step)["phase"].item())
         if step % 2 == 1:  # each window's mean beats the last by 1 > min_delta
             method.window_sum.fill_(2 * (10.0 - step / 2))
         method.on_step_end(step)
-        if method.phase == 2:
-            break
-    assert step == 13  # 0.7 * 20 steps done
-    assert method.stale_windows == 0
+    assert phases == [1] * 14 + [2] * 6  # 0.7 * 20 steps of pretraining
+    assert method.probe_start == 14 and method.stale_windows == 0
 
 
 def test_simclr_probe_freezes_backbone_and_leaves_its_grads_none():
@@ -433,7 +435,7 @@ def test_simclr_state_dict_round_trip_resumes_phase_and_tracker():
         method.on_step_end(step)
     copy = make(SimCLR, window=2, patience=5)
     copy.load_state_dict(method.state_dict())
-    for name in ("phase", "window_sum", "best_window", "stale_windows"):
+    for name in ("phase", "window_sum", "best_window", "stale_windows", "probe_start"):
         assert torch.equal(getattr(copy, name), getattr(method, name)), name
     assert copy.stale_windows == 1 and not copy._probing
 

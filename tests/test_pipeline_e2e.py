@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY, merge
+from conftest import TINY, merge, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _env(tmp: Path) -> dict:
+def isolated_env(tmp: Path) -> dict:
+    """os.environ without the user's git/DVC config, as DVC's own test-suite isolates them."""
     env = dict(os.environ)
     for var in list(env):
         if var.startswith(("DVC_", "GIT_")):
@@ -46,7 +47,8 @@ def _env(tmp: Path) -> dict:
     return env
 
 
-def _run(args, repo, env) -> str:
+def run(args, repo, env) -> str:
+    """Run `args` in `repo`; fail the test with the output's tail unless it exits 0."""
     out = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
     assert out.returncode == 0, (
         f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
@@ -54,9 +56,10 @@ def _run(args, repo, env) -> str:
     return out.stdout + out.stderr
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
+def tiny_repo(tmp: Path, over: dict) -> tuple[Path, dict]:
+    """A git repo at <tmp>/repo: this checkout's tracked and untracked-but-not-ignored files
+    (no results: metrics/, plots/, dvc.lock), params.yaml merged with `over`, one commit, and
+    the isolated environment to run git and DVC in it. Shared by tests/test_dvc_*.py."""
     repo = tmp / "repo"
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
@@ -70,18 +73,23 @@ def repo(tmp_path_factory):
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, repo / rel)
     (repo / "dvc.lock").unlink(missing_ok=True)
-    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = _env(tmp)
-    _run(["git", "init", "-q", "-b", "main"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "tiny"], repo, env)
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), over)
+    write_params(repo, params)  # and conf/config.yaml: `dvc exp run -S` composes from it
+    env = isolated_env(tmp)
+    run(["git", "init", "-q", "-b", "main"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "tiny"], repo, env)
     return repo, env
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return tiny_repo(tmp_path_factory.mktemp("e2e"), TINY)
 
 
 def test_repro_writes_metrics_and_second_repro_is_noop(repo):
     repo, env = repo
-    _run(["dvc", "repro"], repo, env)
+    run(["dvc", "repro"], repo, env)
     for task, methods in (
         ("classification", ["supervised", "fixmatch"]),
         ("segmentation", ["supervised", "mean_teacher"]),
@@ -98,36 +106,38 @@ def test_repro_writes_metrics_and_second_repro_is_noop(repo):
     assert (repo / "plots/eval/segmentation/supervised/seed0/overlay.png").stat().st_size > 0
     assert (repo / "models/segmentation/mean_teacher/seed0/best.pt").is_file()
 
-    again = _run(["dvc", "repro"], repo, env)
+    again = run(["dvc", "repro"], repo, env)
     assert "Running stage" not in again
-    status = _run(["dvc", "status"], repo, env)
+    status = run(["dvc", "status"], repo, env)
     assert "up to date" in status
 
 
 def test_exp_run_set_param_replans_and_shows(repo):
     repo, env = repo
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "baseline results"], repo, env)
-    out = _run(
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "baseline results"], repo, env)
+    out = run(
         ["dvc", "exp", "run", "-n", "lab40", "-S", "segmentation.split.labeled_percent=40"],
         repo,
         env,
     )
     assert "Running stage 'split_segmentation'" in out
     assert "Running stage 'train_classification" not in out  # untouched task is skipped
-    out = _run(
+    out = run(
         ["dvc", "exp", "run", "-n", "one", "-S", "classification.methods=[supervised]"], repo, env
     )
     assert "Running stage 'report'" in out
-    shown = _run(["dvc", "exp", "show", "--csv"], repo, env)
+    shown = run(["dvc", "exp", "show", "--csv"], repo, env)
     header = shown.splitlines()[0]
-    assert "segmentation.supervised.dice.mean" in header  # readable metric names
+    assert "segmentation.supervised.dice" in header  # metrics/headline.json: compact names
+    assert "segmentation.supervised.dice.mean" not in header  # the detail is not a metric
     assert "classification.methods" in header
     assert "lab40" in shown and "one" in shown
-    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD", "lab40", "--json"], repo, env))
-    changed = diff["metrics/summary.json"]
-    assert "segmentation.supervised.dice.mean" in changed  # readable dotted metric names
-    plots = _run(["dvc", "plots", "diff", "HEAD", "lab40", "--json"], repo, env)
+    diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "lab40", "--json"], repo, env))
+    assert set(diff) == {"metrics/headline.json"}
+    changed = diff["metrics/headline.json"]
+    assert "segmentation.supervised.dice" in changed  # readable dotted metric names
+    plots = run(["dvc", "plots", "diff", "HEAD", "lab40", "--json"], repo, env)
     assert "confusion.json" in plots
 
 
@@ -157,9 +167,9 @@ def test_user_data_tracked_with_dvc_add_runs_the_dag(repo):
     repo, env = repo
     folders = fx.image_folder(repo / "user_data/classification/folders")
     fx.nifti(repo / "user_data/segmentation/ct")
-    _run(["dvc", "add", "user_data/classification/folders", "user_data/segmentation/ct"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "user data"], repo, env)
+    run(["dvc", "add", "user_data/classification/folders", "user_data/segmentation/ct"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "user data"], repo, env)
     sets = {
         "classification.data.source": "image_folder",
         "classification.data.root": "user_data/classification/folders",
@@ -173,7 +183,7 @@ def test_user_data_tracked_with_dvc_add_runs_the_dag(repo):
         "segmentation.methods": "[mean_teacher]",
     }
     args = [a for k, v in sets.items() for a in ("-S", f"{k}={v}")]
-    out = _run(["dvc", "exp", "run", "-n", "user", *args], repo, env)
+    out = run(["dvc", "exp", "run", "-n", "user", *args], repo, env)
     assert "Running stage 'ingest_classification'" in out
     assert "Running stage 'ingest_segmentation'" in out
     ingested = json.loads((repo / "data/segmentation/ingested/manifest.json").read_text())
@@ -184,6 +194,6 @@ def test_user_data_tracked_with_dvc_add_runs_the_dag(repo):
         assert (repo / f"metrics/{task}/{m}/seed0.json").is_file()
     # a changed image under data.root is a changed dependency of ingest
     fx.save_image(folders / "benign" / "P000_0.png", fx._image(np.random.default_rng(9), 1))
-    _run(["dvc", "add", "user_data/classification/folders"], repo, env)
-    status = _run(["dvc", "status"], repo, env)
+    run(["dvc", "add", "user_data/classification/folders"], repo, env)
+    status = run(["dvc", "status"], repo, env)
     assert "ingest_classification" in status and "ingest_segmentation" not in status

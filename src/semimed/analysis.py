@@ -178,7 +178,7 @@ def _inference_copy(net: nn.Module) -> nn.Module:
 
 
 def robustness_records(
-    models: Mapping[str, Sequence[nn.Module]],
+    models: Mapping[str, Mapping[int, nn.Module]],
     images: torch.Tensor,
     labels: torch.Tensor,
     kinds: Sequence[str],
@@ -191,52 +191,53 @@ def robustness_records(
     """Balanced accuracy of every model on perturbed copies of the images.
 
     Args:
-        models: ``{method: [network per training seed]}``.
+        models: ``{method: {training seed: network}}``.
         images: (N, 1, H, W) in [0, 1]; labels: (N,) class indices.
         seed: perturbation seed; every model sees the same corrupted images (paired comparison).
         num_classes: classes of the primary target (first logit columns); None: all columns.
 
     Returns:
-        One record per (method, kind, strength), in that nesting order:
-        ``{"method", "kind", "strength", "balanced_accuracy" (mean over seeds), "std" (sample
-        std, 0 for one seed), "n" (seeds)}``. Strength 0 leaves the images unchanged for every
-        kind, so the clean images are scored once per model.
+        One flat list, one record per (method, training seed, kind, strength), in that nesting
+        order: ``{"method", "seed", "kind", "strength", "balanced_accuracy"}`` -- a DVC plot
+        template can colour by method and facet by kind; means over seeds are the reader's
+        (`plot_robustness`). Strength 0 leaves the images unchanged for every kind, so the
+        clean images are scored once per model.
     """
     y = np.asarray(labels)
-    fast = {method: [_inference_copy(net) for net in nets] for method, nets in models.items()}
+    fast = {m: {s: _inference_copy(net) for s, net in nets.items()} for m, nets in models.items()}
 
-    def score(nets: Sequence[nn.Module], x: torch.Tensor) -> list[float]:
+    def score(nets: Mapping[int, nn.Module], x: torch.Tensor) -> dict[int, float]:
         x = x.contiguous(memory_format=torch.channels_last)
-        probs = [predict_proba(net, x, batch_size, device)[:, :num_classes] for net in nets]
-        return [float(balanced_accuracy_score(y, p.argmax(1))) for p in probs]
+        probs = {
+            s: predict_proba(net, x, batch_size, device)[:, :num_classes] for s, net in nets.items()
+        }
+        return {s: float(balanced_accuracy_score(y, p.argmax(1))) for s, p in probs.items()}
 
     clean = {m: score(nets, images) for m, nets in fast.items()} if 0 in strengths else {}
-    scores: dict[tuple[str, str, float], list[float]] = {}
+    scores: dict[tuple[str, str, float], dict[int, float]] = {}
     for kind in kinds:
         for strength in strengths:
             x = perturb(images, kind, float(strength), seed=seed) if strength else None
             for method, nets in fast.items():
                 scores[method, kind, strength] = score(nets, x) if strength else clean[method]
-    records = []
-    for method in models:
-        for kind in kinds:
-            for strength in strengths:
-                stats = mean_std(scores[method, kind, strength])
-                records.append(
-                    {
-                        "method": method,
-                        "kind": kind,
-                        "strength": float(strength),
-                        "balanced_accuracy": round(stats["mean"], 6),
-                        "std": round(stats["std"], 6),
-                        "n": stats["n"],
-                    }
-                )
-    return records
+    return [
+        {
+            "method": method,
+            "seed": int(train_seed),
+            "kind": kind,
+            "strength": float(strength),
+            "balanced_accuracy": round(scores[method, kind, strength][train_seed], 6),
+        }
+        for method, nets in models.items()
+        for train_seed in nets
+        for kind in kinds
+        for strength in strengths
+    ]
 
 
 def plot_robustness(records: Sequence[Mapping], out_png: Path) -> None:
-    """One subplot per perturbation kind, a line per method (mean) with a +-std band."""
+    """One subplot per perturbation kind, a line per method: the mean over the training seeds'
+    records with a +-std band (sample std, none for one seed)."""
     kinds = list(dict.fromkeys(r["kind"] for r in records))
     methods = list(dict.fromkeys(r["method"] for r in records))
     if not kinds:
@@ -245,12 +246,14 @@ def plot_robustness(records: Sequence[Mapping], out_png: Path) -> None:
     axes = np.atleast_1d(fig.subplots(1, len(kinds), sharey=True, squeeze=False)[0])
     for ax, kind in zip(axes, kinds, strict=True):
         for method in methods:
-            rows = sorted(
-                (r["strength"], r["balanced_accuracy"], r["std"])
-                for r in records
-                if r["kind"] == kind and r["method"] == method
-            )
-            s, m, sd = (np.asarray(v) for v in zip(*rows, strict=True))
+            per_strength: dict[float, list[float]] = {}
+            for r in records:
+                if r["kind"] == kind and r["method"] == method:
+                    per_strength.setdefault(r["strength"], []).append(r["balanced_accuracy"])
+            stats = [(s, mean_std(v)) for s, v in sorted(per_strength.items())]
+            s = np.asarray([st for st, _ in stats])
+            m = np.asarray([v["mean"] for _, v in stats])
+            sd = np.asarray([v["std"] for _, v in stats])
             (line,) = ax.plot(s, m, marker="o", markersize=3, label=method)
             ax.fill_between(s, m - sd, m + sd, color=line.get_color(), alpha=0.2)
         ax.set_title(kind, fontsize=9)

@@ -1,7 +1,7 @@
 """Resumable checkpoints of one training run, written atomically.
 
-* ``<model_dir>/last.pt``  resumable state (method, optimizer, schedule, step, best score,
-  every random state, the best weights so far)
+* ``last.pt``  resumable state (method, optimizer, schedule, step, best score, every random
+  state, the best weights so far, the DVCLive folder's files), in the run's scratch folder
 * ``<model_dir>/best.pt``  `inference_model()` weights at the best validation score
 
 A checkpoint resumes only if its fingerprint (params of this run, data, split and package
@@ -78,36 +78,36 @@ def load_checkpoint(path: Path, fp: str, verbose: bool = True) -> dict | None:
     return state
 
 
+def snapshot(live_dir: Path) -> dict[str, str]:
+    """The DVCLive folder's text files (relative path -> content), kept in the checkpoint so
+    a resumed run gets back the rows logged up to its step even after DVC removed the folder."""
+    live_dir = Path(live_dir)
+    return {
+        str(f.relative_to(live_dir)): f.read_text()
+        for f in sorted(live_dir.rglob("*"))
+        if f.is_file() and not f.name.endswith(".tmp")
+    }
+
+
 def rewind(model_dir: Path, live_dir: Path, state: dict | None) -> None:
     """Make the run's folders match `state` (None: a fresh start).
 
-    A kill can leave files newer than the checkpoint: best.pt of a later validation, DVCLive
-    rows of later steps or a row cut in half, a torn DVCLive metrics.json (DVCLive writes in
-    place), or temporary files of an interrupted atomic write. The steps after the checkpoint
-    run again and log again."""
+    A kill (or DVC, which removes a stage's outputs before running it) can leave files newer
+    than the checkpoint, or none at all: best.pt of a later validation, DVCLive rows of later
+    steps, temporary files of an interrupted atomic write. The folders are rebuilt from the
+    checkpoint: best.pt from its best weights, the DVCLive folder from its snapshot; the steps
+    after the checkpoint run again and log again."""
+    shutil.rmtree(live_dir, ignore_errors=True)
     if state is None:  # stale files of another run must not survive
         shutil.rmtree(model_dir, ignore_errors=True)
-        shutil.rmtree(live_dir, ignore_errors=True)
         model_dir.mkdir(parents=True, exist_ok=True)
         return
-    for leftover in [*model_dir.glob(".*.tmp"), *live_dir.rglob(".*.tmp")]:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in model_dir.glob(".*.tmp"):
         leftover.unlink()
     if state["best_weights"] is None:
         (model_dir / "best.pt").unlink(missing_ok=True)
     else:
         save(state["best_weights"], model_dir / "best.pt")
-    for tsv in live_dir.rglob("*.tsv"):
-        lines = tsv.read_text().split("\n")[:-1]  # what follows the last newline is torn
-        if not lines:
-            tsv.unlink()
-            continue
-        col = lines[0].split("\t").index("step")
-        kept = [r for r in lines[1:] if int(r.split("\t")[col]) <= state["step"]]
-        write_bytes_atomic(tsv, "".join(f"{r}\n" for r in [lines[0], *kept]).encode())
-    summary = live_dir / "metrics.json"
-    try:
-        json.loads(summary.read_text())
-    except ValueError:  # DVCLive rewrites it at the next validation
-        summary.unlink()
-    except FileNotFoundError:
-        pass
+    for rel, text in state["live"].items():
+        write_bytes_atomic(live_dir / rel, text.encode())

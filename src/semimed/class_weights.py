@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from semimed.losses import hard_labels
+
 
 def class_counts(labels: Tensor, num_classes: int) -> Tensor:
     """Voxels per class (C,) float of a hard label map of any shape with values in [0, C)."""
@@ -40,15 +42,16 @@ def ema_(buffer: Tensor, value: Tensor, momentum: float) -> Tensor:
 
 
 @torch.no_grad()
-def hard_dice_per_class(logits: Tensor, labels: Tensor, eps: float = 1e-8) -> Tensor:
+def hard_dice_per_class(logits: Tensor, labels: Tensor) -> Tensor:
     """Dice (C,) of the argmax of logits (B, C, ...) against labels (B, 1, ...), pooled over the
-    batch, background included; a class absent from both gets ``eps / eps = 1``."""
+    batch, background included; NaN for a class absent from both (Dice undefined there)."""
     c = logits.shape[1]
-    pred = F.one_hot(logits.argmax(1), c).movedim(-1, 1).float()
+    pred = F.one_hot(hard_labels(logits), c).movedim(-1, 1).float()
     true = F.one_hot(labels[:, 0].long(), c).movedim(-1, 1).float()
     dims = [0, *range(2, pred.dim())]
     tp = (pred * true).sum(dims)
-    return (2 * tp + eps) / (pred.sum(dims) + true.sum(dims) + eps)
+    total = pred.sum(dims) + true.sum(dims)
+    return torch.where(total > 0, 2 * tp / total.clamp_min(1), float("nan"))
 
 
 @torch.no_grad()
@@ -70,14 +73,25 @@ def difficulty_weights_(
     accumulated steps); difficulty ``= ((unlearn + eps) / (learn + eps)) ** (1 / 5)``;
     ``w = C * normalise(difficulty * EMA(1 - d))`` with ``normalise(v) = v / max(v)``. A class
     whose Dice stalls or drops (unlearning dominates) and stays low gets the largest weight.
+
+    A class whose ``cur_dice`` is NaN (absent from both prediction and label, see
+    ``hard_dice_per_class``) leaves its four buffers unchanged this step: the step says
+    nothing about it. (DHC's code scores such a class 0.5 and an eps/eps rule 1; with small
+    crops rare organs are often absent, and either value would drag their EMA(1 - d) and
+    hence their weight towards an arbitrary constant.) Its weight comes from its state.
     """
-    cur = cur_dice.clamp_min(eps)
+    seen = ~torch.isnan(cur_dice)
+    cur = torch.where(seen, cur_dice, last_dice).clamp_min(eps)
     delta = cur - last_dice
     log_ratio = torch.log(cur / last_dice.clamp_min(eps))
-    ema_(learn, torch.where(delta > 0, delta, 0.0) * log_ratio, momentum)
-    ema_(unlearn, torch.where(delta <= 0, delta, 0.0) * log_ratio, momentum)
-    last_dice.copy_(cur)
-    ema_(one_minus_dice, 1.0 - cur, momentum)
+    steps = (
+        (learn, torch.where(delta > 0, delta, 0.0) * log_ratio),
+        (unlearn, torch.where(delta <= 0, delta, 0.0) * log_ratio),
+        (one_minus_dice, 1.0 - cur),
+    )
+    for buffer, value in steps:
+        buffer.copy_(torch.where(seen, ema_(buffer.clone(), value, momentum), buffer))
+    last_dice.copy_(torch.where(seen, cur, last_dice))
     w = ((unlearn + eps) / (learn + eps)).pow(0.2) * one_minus_dice
     return cur.numel() * w / w.max().clamp_min(eps)
 
@@ -129,7 +143,7 @@ def sampling_rates(scores: Tensor, power: float, eps: float = 1e-12) -> Tensor:
 def class_sampling_mask(logits: Tensor, rates: Tensor) -> Tensor:
     """Random keep-mask (B, ...) of 0./1.: a voxel whose argmax over logits (B, C, ...) is c is
     kept with probability ``rates[c]`` (one independent draw per voxel from torch's RNG)."""
-    pred = logits.argmax(1)
+    pred = hard_labels(logits)
     draw = torch.rand(pred.shape, device=pred.device)
     return (draw < rates.to(pred.device, torch.float32)[pred]).float()
 

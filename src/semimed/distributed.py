@@ -115,6 +115,14 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
+def all_min(value: torch.Tensor, world: int) -> torch.Tensor:
+    """The minimum of a scalar tensor over every process (itself for one process)."""
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value
+
+
 def gather(obj, world: int) -> list:
     """Every process's `obj`, in rank order (on every process)."""
     if world == 1:

@@ -56,14 +56,20 @@ def linear_rampup(step: int, rampup_steps: float) -> float:
     return min(max(step / rampup_steps, 0.0), 1.0)
 
 
-def softmax_mse(logits_student: Tensor, logits_teacher: Tensor) -> Tensor:
+def softmax_mse(
+    logits_student: Tensor, logits_teacher: Tensor, sum_classes: bool = False
+) -> Tensor:
     """Mean squared error between class probabilities, averaged over every element.
 
     Logits (B, C, ...) each; softmax over dim 1. Used by Laine & Aila (2017) and Mean Teacher
-    (Tarvainen & Valpola 2017) as the consistency cost. Gradients flow into both inputs:
-    callers pass a detached (or no-grad) teacher when it is a target.
+    (Tarvainen & Valpola 2017) as the consistency cost. ``sum_classes``: summed over the C
+    classes and averaged over the rest, i.e. the squared Euclidean distance between the two
+    probability vectors of a sample or voxel (the paper's eq. 1), C times the default and
+    independent of the number of classes. Gradients flow into both inputs: callers pass a
+    detached (or no-grad) teacher when it is a target.
     """
-    return F.mse_loss(logits_student.softmax(dim=1), logits_teacher.softmax(dim=1))
+    mse = F.mse_loss(logits_student.softmax(dim=1), logits_teacher.softmax(dim=1))
+    return mse * logits_student.shape[1] if sum_classes else mse
 
 
 def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
@@ -93,6 +99,14 @@ def confident_pseudo_label_loss(
     return masked_cross_entropy(logits_student, pseudo_labels, mask), mask
 
 
+def hard_labels(logits: Tensor, keepdim: bool = False) -> Tensor:
+    """Index of the largest logit over dim 1: (B, C, ...) -> (B, ...) int64 ((B, 1, ...) with
+    ``keepdim``). Equal to ``logits.argmax(1)`` (ties -> the first index, NaN counts as the
+    largest) and ~10x faster on CPU (PyTorch 2.x: argmax over a strided channel dimension is
+    not vectorised there, ``max(dim).indices`` is)."""
+    return logits.max(dim=1, keepdim=keepdim).indices
+
+
 @functools.lru_cache(maxsize=8)
 def _dice_ce(dice_weight: float, ce_weight: float) -> DiceCELoss:
     # Built once per weight pair: the loss holds no parameters, so one instance serves every
@@ -100,16 +114,72 @@ def _dice_ce(dice_weight: float, ce_weight: float) -> DiceCELoss:
     return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=dice_weight, lambda_ce=ce_weight)
 
 
-def seg_supervised_loss(
-    logits: Tensor, labels: Tensor, dice_weight: float = 1.0, ce_weight: float = 1.0
-) -> Tensor:
-    """Soft Dice + cross-entropy (MONAI ``DiceCELoss``), the usual supervised segmentation loss.
+# Soft Dice formulations of the supervised segmentation loss (``seg_supervised_loss``):
+#   monai:   MONAI's defaults: Dice per sample and class, background included, smooth 1e-5;
+#   dhc:     DHC (Wang & Li, MICCAI 2023, utils/loss.py SoftDiceLoss): one Dice per class over
+#            the whole batch, background left out, smooth 1 in numerator and denominator,
+#            class weights on the foreground terms;
+#   ssl4mis: SSL4MIS (Luo et al., utils/losses.py DiceLoss): batch Dice, background included,
+#            squared terms in the denominator, smooth 1e-5, loss 0.5 * (CE + Dice).
+DICE_FORMS = ("monai", "dhc", "ssl4mis")
+_DICE_OPTIONS = {
+    "monai": dict(include_background=True, batch=False, smooth_nr=1e-5, smooth_dr=1e-5),
+    "dhc": dict(include_background=False, batch=True, smooth_nr=1.0, smooth_dr=1.0),
+    "ssl4mis": dict(
+        include_background=True, batch=True, squared_pred=True, smooth_nr=1e-5, smooth_dr=1e-5
+    ),
+}
 
-    logits (B, C, D, H, W); labels (B, 1, D, H, W) int64 in [0, C). Dice includes the
-    background class and is averaged over classes and samples (MONAI defaults). SSL4MIS and
-    DHC (Wang & Li, MICCAI 2023) combine CE and Dice the same way, 1:1 by default.
+
+def seg_dice_loss(
+    logits: Tensor, labels: Tensor, form: str = "monai", class_weights: Tensor | None = None
+) -> Tensor:
+    """Soft Dice loss (MONAI ``DiceLoss``, softmax over dim 1) in one of ``DICE_FORMS``.
+
+    logits (B, C, ...); labels (B, 1, ...) int64 in [0, C); ``class_weights`` (C,) (detached)
+    multiply each class's ``1 - Dice`` before the mean over classes (``dhc``: foreground only,
+    as DHC weights ``dc[1:]``; its loss ``-mean(w dc)`` differs from ours by the constant
+    ``mean(w[1:])``, so the gradients are the same).
     """
-    return _dice_ce(float(dice_weight), float(ce_weight))(logits, labels)
+    if form not in _DICE_OPTIONS:
+        raise ValueError(f"dice: must be one of {', '.join(DICE_FORMS)}; got {form!r}")
+    options = _DICE_OPTIONS[form]
+    if class_weights is None:
+        return DiceLoss(to_onehot_y=True, softmax=True, **options)(logits.float(), labels)
+    # Weighted by hand: MONAI ignores ``weight`` when one class is left (C = 2, no background).
+    per_class = DiceLoss(to_onehot_y=True, softmax=True, reduction="none", **options)
+    w = class_weights.detach().to(logits.device, torch.float32)
+    w = w if options["include_background"] else w[1:]
+    loss = per_class(logits.float(), labels).reshape(-1, len(w))  # (B or 1, classes)
+    return (loss * w).mean()
+
+
+def seg_supervised_loss(
+    logits: Tensor,
+    labels: Tensor,
+    dice_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    dice: str = "monai",
+    class_weights: Tensor | None = None,
+) -> Tensor:
+    """Supervised segmentation loss ``ce_weight * CE + dice_weight * Dice`` (times 0.5 for
+    ``dice="ssl4mis"``, whose scripts train on ``0.5 * (CE + Dice)``).
+
+    logits (B, C, D, H, W); labels (B, 1, D, H, W) int64 in [0, C). The Dice term is
+    ``seg_dice_loss`` in the formulation ``dice`` (see ``DICE_FORMS``): ``monai`` (per sample,
+    background included, smooth 1e-5; MONAI ``DiceCELoss``) is NOT the references' Dice --
+    DHC's code (Wang & Li, MICCAI 2023) uses ``dhc``, SSL4MIS ``ssl4mis``. ``class_weights``
+    (C,), detached, weight both terms (``weighted_ce`` and the Dice classes), as DHC's
+    "w_ce+dice".
+    """
+    if dice == "monai" and class_weights is None:
+        return _dice_ce(float(dice_weight), float(ce_weight))(logits, labels)
+    loss = logits.new_zeros((), dtype=torch.float32)
+    if ce_weight:
+        loss = loss + ce_weight * weighted_ce(logits, labels, class_weights)
+    if dice_weight:
+        loss = loss + dice_weight * seg_dice_loss(logits, labels, dice, class_weights)
+    return 0.5 * loss if dice == "ssl4mis" else loss
 
 
 def weighted_dice_ce(
@@ -118,38 +188,47 @@ def weighted_dice_ce(
     class_weights: Tensor | None = None,
     dice_weight: float = 1.0,
     ce_weight: float = 1.0,
+    dice: str = "monai",
 ) -> Tensor:
-    """``seg_supervised_loss`` with per-class weights (C,) in BOTH terms: weighted
-    cross-entropy (torch's normalisation: divided by the summed weights of the voxels' classes)
-    plus MONAI ``DiceLoss`` whose per-class Dice losses are multiplied by the weights before
-    averaging. DHC (Wang & Li, MICCAI 2023) trains its supervised term this way ("w_ce+dice").
-
-    labels (B, 1, D, H, W) int64 or hard pseudo-labels of that shape; weights are treated as
-    constants (detached). ``class_weights=None`` equals ``seg_supervised_loss``.
-    """
-    if class_weights is None:
-        return seg_supervised_loss(logits, labels, dice_weight, ce_weight)
-    w = class_weights.detach().to(logits.device, torch.float32)
-    loss = logits.new_zeros(())
-    if ce_weight:
-        loss = loss + ce_weight * F.cross_entropy(logits.float(), labels[:, 0].long(), weight=w)
-    if dice_weight:
-        dice = DiceLoss(to_onehot_y=True, softmax=True, weight=w)
-        loss = loss + dice_weight * dice(logits.float(), labels)
-    return loss
+    """``seg_supervised_loss`` with per-class weights (C,) (or None) first: the supervised
+    term of the CPS family, weighted as DHC's "w_ce+dice"; labels may be hard pseudo-labels."""
+    return seg_supervised_loss(logits, labels, dice_weight, ce_weight, dice, class_weights)
 
 
-def weighted_ce(logits: Tensor, labels: Tensor, class_weights: Tensor | None = None) -> Tensor:
+def weighted_ce(
+    logits: Tensor, labels: Tensor, class_weights: Tensor | None = None, eps: float = 1e-8
+) -> Tensor:
     """Voxel-wise cross-entropy of logits (B, C, ...) against hard labels (B, 1, ...), with
     optional per-class weights (C,) (detached); the pseudo-label term of CPS (Chen et al., CVPR
-    2021) and, weighted, of DHC ("wce")."""
-    w = None if class_weights is None else class_weights.detach().to(logits.device, torch.float32)
-    return F.cross_entropy(logits.float(), labels[:, 0].long(), weight=w)
+    2021) and, weighted, of DHC ("wce").
+
+    Weighted: ``sum_v w[y_v] CE_v / max(sum_v w[y_v], eps)``, torch's weighted mean except
+    when every voxel's class has weight 0 (DistDW gives the most frequent class exactly 0, so
+    an all-background crop is such a batch): torch divides 0 by 0 (NaN), here the loss is 0
+    with zero gradients.
+    """
+    target = labels[:, 0].long()
+    if class_weights is None:
+        return F.cross_entropy(logits.float(), target)
+    w = class_weights.detach().to(logits.device, torch.float32)
+    total = F.cross_entropy(logits.float(), target, weight=w, reduction="sum")
+    return total / w[target].sum().clamp_min(eps)
+
+
+def with_unsup_ratio(terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``terms`` (a ``ramped_terms`` result) plus ``"unsup_ratio"`` = ``weight * unsup / sup``
+    (detached): the share the unsupervised part adds to the loss, logged so that a method whose
+    unsupervised term is too small to matter shows it."""
+    part = terms["weight"] * terms["unsup"].detach()
+    terms["unsup_ratio"] = part / terms["sup"].detach().clamp_min(1e-12)
+    return terms
 
 
 __all__ = [
+    "DICE_FORMS",
     "confident_pseudo_label_loss",
     "group_means",
+    "hard_labels",
     "kmeans_assign",
     "linear_rampup",
     "masked_cross_entropy",
@@ -157,12 +236,14 @@ __all__ = [
     "matched_prototype_loss",
     "mixup",
     "nt_xent",
+    "seg_dice_loss",
     "seg_supervised_loss",
     "weighted_ce",
     "weighted_dice_ce",
     "sharpen",
     "sigmoid_rampup",
     "softmax_mse",
+    "with_unsup_ratio",
 ]
 
 

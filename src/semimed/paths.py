@@ -10,10 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 DATA, MODELS, METRICS, PLOTS = Path("data"), Path("models"), Path("metrics"), Path("plots")
+SCRATCH = Path(".scratch")  # resumable training state, not a DVC output
 SUMMARY = METRICS / "summary.json"  # mean +- std per method (dvc metrics show)
 PAIRED = METRICS / "paired.json"  # per-case differences against supervised, per task
 REPORT = PLOTS / "report"  # comparison figures and results.md
 ANALYSIS = PLOTS / "analysis" / "classification"  # Grad-CAM, robustness, embeddings
+HEADLINE = METRICS / "headline.json"  # headline mean and std per method and task (compact)
+RESULTS = REPORT / "results.md"  # the report's tables and warnings
+ROBUSTNESS = ANALYSIS / "robustness.json"  # per-seed balanced accuracy under perturbations
 
 
 def data_dir(task: str, part: str) -> Path:
@@ -43,9 +47,25 @@ def model_dir(task: str, method: str, seed: int) -> Path:
     return run_dir(MODELS, task, method, seed)
 
 
+def scratch_dir(task: str, method: str, seed: int) -> Path:
+    """.scratch/<task>/<method>/seed<k>/: the run's resumable checkpoint (last.pt), outside
+    every DVC output (git- and DVC-ignored), so a crashed run resumes and the run cache works."""
+    return run_dir(SCRATCH, task, method, seed)
+
+
 def live_dir(task: str, method: str, seed: int) -> Path:
     """plots/train/<task>/<method>/seed<k>/: the run's DVCLive folder."""
     return run_dir(PLOTS / "train", task, method, seed)
+
+
+def live_curves(task: str, method: str, seed: int) -> Path:
+    """<live_dir>/plots/metrics/: DVCLive's TSV curves (dvc.yaml `plots`, x: step)."""
+    return live_dir(task, method, seed) / "plots" / "metrics"
+
+
+def live_summary(task: str, method: str, seed: int) -> Path:
+    """<live_dir>/metrics.json: DVCLive's last logged values (dvc.yaml `metrics`, not a plot)."""
+    return live_dir(task, method, seed) / "metrics.json"
 
 
 def eval_plots(task: str, method: str, seed: int) -> Path:
@@ -61,6 +81,16 @@ def run_metrics(task: str, method: str, seed: int) -> Path:
 def run_cases(task: str, method: str, seed: int) -> Path:
     """metrics/<task>/<method>/seed<k>_cases.csv: one run's test scores per case (and class)."""
     return run_dir(METRICS, task, method, seed).with_name(f"seed{seed}_cases.csv")
+
+
+def report_methods(task: str) -> Path:
+    """plots/report/<task>_methods.json: one headline record per run (a DVC plot)."""
+    return REPORT / f"{task}_methods.json"
+
+
+def report_val_curves(task: str) -> Path:
+    """plots/report/<task>_val_curves.json: every run's validation curve (a DVC plot)."""
+    return REPORT / f"{task}_val_curves.json"
 
 
 def val_curve(live: Path, metric: str) -> Path:

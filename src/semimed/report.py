@@ -84,8 +84,15 @@ def _task(summary: Summary, task: str) -> dict:
     return summary[task]
 
 
-def comparison_table(summary: Summary, task: str, metrics: list[str], digits: int = 3) -> str:
-    """Markdown table, one row per method, cells ``mean +- std (n=k)``; missing cells ``-``.
+def comparison_table(
+    summary: Summary,
+    task: str,
+    metrics: list[str],
+    digits: int = 3,
+    marks: Mapping[str, str] | None = None,
+) -> str:
+    """Markdown table, one row per method, cells ``mean +- std (n=k)``; missing cells ``-``;
+    ``marks[method]`` (e.g. a dagger for under-trained runs) follows the method's name.
 
     Example::
 
@@ -104,7 +111,8 @@ def comparison_table(summary: Summary, task: str, metrics: list[str], digits: in
             else "-"
             for m in metrics
         ]
-        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+        mark = (marks or {}).get(method, "")
+        rows.append(f"| {method}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 

@@ -9,117 +9,45 @@ method from `semimed.build`.
 
 Files written for one (task, method, seed) run:
 
-* ``<model_dir>/last.pt``  resumable state (method, optimizer, schedule, step, best score)
+* ``<scratch_dir>/last.pt`` resumable state (method, optimizer, schedule, step, best score,
+  validation history, a copy of the DVCLive folder); the stage keeps it in the ignored
+  ``.scratch/`` folder, outside every DVC output, so the run cache stays on
 * ``<model_dir>/best.pt``  `inference_model()` weights at the best validation score
-* ``<model_dir>/train.json`` what happened (best step, val score, time, device)
+* ``<model_dir>/train.json`` what happened (budget, best step, convergence diagnostics, time)
 * ``<live_dir>/``          DVCLive metrics and plots (every loss term, lr, the val metric)
 
-Resuming: the stage's outputs are `persist: true`, so after a crash `dvc repro` finds
-`last.pt`. Its fingerprint (params of this run, data, split and package source) decides: the
-same fingerprint resumes from the saved step; a different one starts afresh. `last.pt` also
-holds every random state (torch, CUDA, NumPy, Python, the data stream's sampler and
-augmentations) and the best weights so far, so a resumed run continues exactly as the
-uninterrupted one would (bit-identical on CPU). Every file is written atomically.
+Budget and early stopping: `semimed.convergence`. A step whose loss or gradients are not
+finite is skipped (counted, logged) and `train.max_nonfinite` of them in a row stop the run.
+
+Resuming: DVC removes a stage's outputs before running it, the checkpoint survives in the
+scratch folder. Its fingerprint (params of this run, data, split and package source) decides:
+the same fingerprint resumes from the saved step (and restores best.pt and the DVCLive rows of
+that step); a different one starts afresh. `last.pt` also holds every random state (torch,
+CUDA, NumPy, Python, the data stream's sampler and augmentations), so a resumed run continues
+exactly as the uninterrupted one would (bit-identical on CPU), early stop included. Every file
+is written atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from semimed import build, checkpoint, distributed
+from semimed import build, checkpoint, convergence, distributed
 from semimed.config import TaskConfig
 from semimed.data.loaders import TaskData, train_batches
 from semimed.inference import validation_score
 from semimed.io import write_json_atomic
-from semimed.runtime import autocast_for, rng_state, seed_everything, set_rng_state
+from semimed.optimization import make_optimization, optimizer_step
+from semimed.runtime import rng_state, seed_everything, set_rng_state
 from semimed.tasks import spec
-
-
-def build_optimizer(params, t) -> torch.optim.Optimizer:
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=t.lr,
-            momentum=t.momentum,
-            nesterov=t.momentum > 0,
-            weight_decay=t.weight_decay,
-        )
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
-
-
-def lr_factor(step: int, t) -> float:
-    """Linear warm-up to 1, then cosine to 0, poly (power 0.9, as DHC) or constant."""
-    if step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    if t.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if t.schedule == "poly":
-        return (1 - progress) ** 0.9
-    return 1.0
-
-
-@dataclass
-class Optimization:
-    """What updates a method's weights: optimizer, schedule, loss scaler (fp16 only),
-    autocast context, the trainable parameters and the clipping norm (0: none)."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    autocast: object  # () -> context manager
-    trainable: list
-    grad_clip: float
-
-    def state_dict(self) -> dict:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-
-
-def make_optimization(method: torch.nn.Module, t, device: torch.device) -> Optimization:
-    """`train`'s optimizer and schedule for `method`'s trainable parameters on `device`
-    (bf16 autocast with `train.amp` on a CUDA device; fp16 adds a GradScaler)."""
-    trainable = [p for p in method.parameters() if p.requires_grad]
-    optimizer = build_optimizer(trainable, t)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t))
-    autocast, dtype = autocast_for(device, t.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    return Optimization(optimizer, scheduler, scaler, autocast, trainable, t.grad_clip)
-
-
-def optimizer_step(
-    loss: torch.Tensor, opt: Optimization, method: torch.nn.Module | None = None, world: int = 1
-) -> None:
-    """Backward `loss`, clip, step the optimizer and the schedule; under DDP (`world` > 1)
-    copy rank 0's buffers of `method` to every process afterwards."""
-    opt.optimizer.zero_grad(set_to_none=True)
-    opt.scaler.scale(loss).backward()
-    if opt.grad_clip > 0:
-        opt.scaler.unscale_(opt.optimizer)
-        torch.nn.utils.clip_grad_norm_(opt.trainable, opt.grad_clip)
-    opt.scaler.step(opt.optimizer)
-    opt.scaler.update()
-    opt.scheduler.step()
-    if method is not None:
-        distributed.sync_buffers(method, world)
 
 
 def train_run(
@@ -130,32 +58,39 @@ def train_run(
     model_dir: Path,
     live_dir: Path,
     data_files: list[Path],
+    scratch_dir: Path | None = None,
 ) -> dict:
-    """Train one (method, seed) run to completion, resuming if a matching checkpoint exists.
+    """Train one (method, seed) run to its budget or early stop, resuming if a matching
+    checkpoint exists in `scratch_dir` (default: `model_dir`).
 
     Under torchrun every process calls this; rank 0 alone validates and writes files."""
-    t = cfg.train
     model_dir, live_dir = Path(model_dir), Path(live_dir)
+    last = Path(scratch_dir or model_dir) / "last.pt"
     method_cls = build.method_class(cfg.task, method_name)
     params = build.method_params(cfg, method_cls)
     fp = checkpoint.fingerprint(cfg, method_name, params, seed, data_files)
     with distributed.processes(cfg) as (rank, world, device):
         lead = rank == 0
-        state = checkpoint.load_checkpoint(model_dir / "last.pt", fp, verbose=lead)
-        if state is not None and state["step"] >= t.steps and (model_dir / "train.json").is_file():
-            if lead:
-                print(f"{cfg.task}/{method_name}/seed{seed}: trained already ({model_dir})")
-            return json.loads((model_dir / "train.json").read_text())
+        state = checkpoint.load_checkpoint(last, fp, verbose=lead)
         distributed.barrier(world)  # every process has read last.pt before rank 0 changes it
         if lead:
             checkpoint.rewind(model_dir, live_dir, state)
+        if state is not None and "summary" in state:  # finished: its files are restored
+            if lead:
+                print(f"{cfg.task}/{method_name}/seed{seed}: trained already ({last})")
+                write_json_atomic(model_dir / "train.json", state["summary"])
+            distributed.barrier(world)
+            return state["summary"]
 
         seed_everything(seed)
         method = build.method_for_data(cfg, data, method_cls).to(device)
         if rank:  # the same initial weights, but each process its own dropout masks
             seed_everything(seed * 1_000_003 + rank)
-        opt = make_optimization(method, t, device)
         batches = train_batches(data, cfg, build.stream_spec(method_cls), seed, device, rank, world)
+        steps = convergence.budget(cfg.train.steps, cfg.train.epochs, _pools(batches))
+        t = replace(cfg.train, steps=steps)
+        opt = make_optimization(method, t, device)  # the schedule spans the budget
+        tracker = convergence.Tracker(t.patience, t.min_steps, t.min_delta)
         start, best, best_weights, seconds = 0, {"score": -math.inf, "step": -1}, None, 0.0
         sums: dict[str, torch.Tensor] = {}
         if state is not None:
@@ -163,6 +98,7 @@ def train_run(
             opt.load_state_dict(state)
             start, best, seconds = state["step"], state["best"], state["seconds"]
             best_weights = state["best_weights"]
+            tracker.load_state_dict(state["tracker"])
             mine = state["processes"][rank]
             batches.load_state_dict(mine["stream"])
             sums = {k: v.to(device) for k, v in mine["sums"].items()}
@@ -170,36 +106,43 @@ def train_run(
             if lead:
                 print(f"resuming {cfg.task}/{method_name}/seed{seed} from step {start}")
         step_fn = distributed.step_function(method, device, world)
+        run = f"{cfg.task}/{method_name}/seed{seed}"
 
         metric = spec(cfg.task).headline
         began = time.perf_counter()
         live = None  # DVCLive: rank 0 only
         if lead:
             live = Live(str(live_dir), resume=start > 0, dvcyaml=False, save_dvc_exp=False)
+        done = start
         with live or contextlib.nullcontext():
             bar = tqdm(
                 range(start, t.steps),
                 initial=start,
                 total=t.steps,
                 mininterval=2.0,
-                desc=f"{cfg.task}/{method_name}/seed{seed}",
+                desc=run,
                 dynamic_ncols=True,
                 disable=not lead,
             )
             for step in bar:
                 method.train()
+                batch = next(batches)  # drawn and augmented outside autocast, in fp32
                 with opt.autocast():
-                    terms = step_fn(next(batches), step)
-                optimizer_step(terms["loss"], opt, method, world)
-                method.on_step_end(step)
-                for k, v in terms.items():  # stays on the device: no sync every step
-                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+                    terms = step_fn(batch, step)
+                stepped = optimizer_step(terms["loss"], opt, method, world)
+                _count_skip(tracker, stepped, step, run, cfg.task, t.max_nonfinite)
+                if stepped:
+                    method.on_step_end(step)
+                    _unsup_ratio(terms)
+                    for k, v in terms.items():  # stays on the device: no sync every step
+                        sums[k] = sums.get(k, 0.0) + v.detach().float()
                 if step % 10 == 0 and lead:
                     bar.set_postfix(
                         {k: f"{float(v.detach()):.3f}" for k, v in terms.items()}, refresh=False
                     )
 
                 done = step + 1
+                stop = False
                 if done % t.eval_every == 0 or done == t.steps:
                     means = distributed.mean_over_processes(sums, world)
                     sums = {}
@@ -210,6 +153,8 @@ def train_run(
                         for k, v in means.items():
                             live.log_metric(f"train/{k}", v / n)
                         live.log_metric("train/lr", opt.scheduler.get_last_lr()[0])
+                        if tracker.nonfinite:
+                            live.log_metric("train/skipped_steps", tracker.nonfinite)
                         live.log_metric(f"val/{metric}", score)
                         live.make_summary()
                         if score > best["score"]:
@@ -218,8 +163,10 @@ def train_run(
                                 method.inference_model().state_dict()
                             )
                             checkpoint.save(best_weights, model_dir / "best.pt")
-                    distributed.barrier(world)  # the others wait while rank 0 validates
-                if done % t.checkpoint_every == 0 or done == t.steps:
+                        stop = tracker.validated(done, score)
+                    stop = tracker.stopped = distributed.gather(stop, world)[0]  # rank 0's call
+                finished = stop or done == t.steps
+                if done % t.checkpoint_every == 0 or finished:
                     processes = distributed.gather(
                         {
                             "rng": rng_state(device),
@@ -229,32 +176,85 @@ def train_run(
                         world,
                     )
                     if lead:
-                        checkpoint.save(
-                            {
-                                "fingerprint": fp,
-                                "step": done,
-                                "best": best,
-                                "best_weights": best_weights,
-                                "seconds": seconds + time.perf_counter() - began,
-                                "method": method.state_dict(),
-                                **opt.state_dict(),
-                                "processes": processes,
-                            },
-                            model_dir / "last.pt",
-                        )
+                        elapsed = seconds + time.perf_counter() - began
+                        ckpt = {
+                            "fingerprint": fp,
+                            "step": done,
+                            "best": best,
+                            "best_weights": best_weights,
+                            "seconds": elapsed,
+                            "tracker": tracker.state_dict(),
+                            "live": checkpoint.snapshot(live_dir),
+                            "method": method.state_dict(),
+                            **opt.state_dict(),
+                            "processes": processes,
+                        }
+                        if finished:  # a finished run restores from its checkpoint alone
+                            ckpt["summary"] = _summary(cfg, t, best, tracker, elapsed, fp)
+                            ckpt["summary"].update(method=method_name, seed=seed)
+                            ckpt["summary"]["device"] = _device(device, world)
+                        checkpoint.save(ckpt, last)
+                if finished:
+                    break
         best = distributed.gather(best, world)[0]  # rank 0 validated
-        summary = {
-            "task": cfg.task,
-            "method": method_name,
-            "seed": seed,
-            "steps": t.steps,
-            f"best_val_{metric}": round(best["score"], 6),
-            "best_step": best["step"],
-            "seconds": round(seconds + time.perf_counter() - began, 1),
-            "device": str(device) if world == 1 else f"{world} x {device.type}",
-            "fingerprint": fp,
-        }
+        summary = _summary(cfg, t, best, tracker, seconds + time.perf_counter() - began, fp)
+        summary.update(method=method_name, seed=seed, device=_device(device, world))
         if lead:
             write_json_atomic(model_dir / "train.json", summary)
+            if tracker.stopped:
+                print(f"{run}: stopped early at step {done} (train.patience)")
         distributed.barrier(world)
         return summary
+
+
+def _unsup_ratio(terms: dict) -> None:
+    """Log how much the unsupervised part weighs: methods that do not report it themselves
+    get ``unsup_ratio`` = (loss - sup) / sup (every term on top of the supervised one)."""
+    if "unsup" in terms and "sup" in terms and "unsup_ratio" not in terms:
+        sup = terms["sup"].detach()
+        terms["unsup_ratio"] = (terms["loss"].detach() - sup) / sup.clamp_min(1e-12)
+
+
+def _pools(batches) -> list[tuple[int, int]]:
+    """(items, items drawn per step) of each pool the stream draws from (the epochs rule)."""
+    streams = (batches.lab_stream, batches.ulb_stream)
+    return [(s.n, s.size) for s in streams if s is not None]
+
+
+def _count_skip(tracker, stepped: bool, step: int, run: str, task: str, limit: int) -> None:
+    """Count a skipped update; stop the run after `limit` in a row (`train.max_nonfinite`)."""
+    streak = tracker.skipped(not stepped)
+    if not stepped:
+        print(f"warning: {run}: non-finite loss or gradients at step {step + 1}; update skipped")
+    if streak >= limit:
+        raise RuntimeError(
+            f"{run}: {streak} steps in a row with a non-finite loss or gradients (up to step "
+            f"{step + 1}); stopping. Lower {task}.train.lr, set {task}.train.grad_clip, or "
+            "check the data for NaN"
+        )
+
+
+def _device(device: torch.device, world: int) -> str:
+    return str(device) if world == 1 else f"{world} x {device.type}"
+
+
+def _summary(cfg, t, best: dict, tracker, seconds: float, fp: str) -> dict:
+    """train.json: what happened in one run (see `semimed.convergence` for the diagnostics);
+    `method`, `seed` and `device` are added by the caller."""
+    metric = spec(cfg.task).headline
+    done = tracker.history[-1][0] if tracker.history else 0
+    return {
+        "task": cfg.task,
+        "method": None,
+        "seed": None,
+        "steps": done,
+        "max_steps": cfg.train.steps,
+        "budget_steps": t.steps,
+        "last_step": done,
+        f"best_val_{metric}": round(best["score"], 6),
+        "best_step": best["step"],
+        "convergence": tracker.report(done),
+        "seconds": round(seconds, 1),
+        "device": None,
+        "fingerprint": fp,
+    }

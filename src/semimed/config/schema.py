@@ -140,6 +140,8 @@ class SegPreprocess(Checked):
     window: Annotated[
         tuple[float, float], Must(lambda w: w[0] < w[1], "be [low, high] with low < high")
     ]
+    # NaN / infinite image voxels: refuse the file at ingest, or set them to 0 after scaling
+    nan_policy: Annotated[str, OneOf("error", "zero", note="error refuses the file")] = "error"
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,19 @@ class Train(Checked):
     patch_size: Annotated[tuple[int, int, int] | None, Each(Range(ge=16, note="per axis"))] = None
     # classification only: mirror probability per image axis (augmentation)
     flip: Annotated[float, Range(ge=0, le=1, note="a probability")] = 0.0
+    # segmentation only: where labeled crops lie (class_balanced: centred on a voxel of a
+    # uniformly drawn class; random: uniform, as DHC) and the probability of mirroring every
+    # crop along each in-plane axis (DHC's flips: 0.5)
+    label_crop: Literal["class_balanced", "random"] = "class_balanced"
+    crop_flip: Annotated[float, Range(ge=0, le=1, note="a probability")] = 0.0
+    # budget and early stopping (semimed.convergence): epochs = passes over the largest pool
+    # (null: `steps` alone); patience in validations (0: off); min_delta in val-metric units
+    epochs: Annotated[float, Range(gt=0, note="passes over the data; null = off")] | None = None
+    patience: Annotated[int, Range(ge=0, note="validations; 0 disables")] = 0
+    min_steps: Annotated[int, Range(ge=0)] = 0
+    min_delta: Annotated[float, Range(ge=0)] = 0.0
+    # consecutive non-finite steps (skipped) before the run stops
+    max_nonfinite: Annotated[int, Range(ge=1)] = 20
 
     def cross_checks(self) -> None:
         require(

@@ -31,6 +31,7 @@ from monai.transforms import (
     ClassesToIndicesd,
     Compose,
     RandCropByLabelClassesd,
+    RandFlipd,
     Randomizable,
     RandSpatialCropd,
     SpatialPadd,
@@ -155,9 +156,10 @@ class TrainStream:
             self.crops = ()
             return
         patch = tuple(cfg.train.patch_size)
+        t = cfg.train
         self.crops = (
-            _label_crop(patch, data.num_classes, run_seed),
-            _random_crop(patch, run_seed + 2),
+            label_crop(patch, data.num_classes, run_seed, t.label_crop, t.crop_flip),
+            _random_crop(patch, run_seed + 2, t.crop_flip),
         )
         self.lab_items = [_padded_item(data.volumes[i], patch, data.num_classes) for i in lab_ids]
         self.ulb_items = [_padded_item(data.volumes[i], patch) for i in ulb_ids]
@@ -186,7 +188,7 @@ class TrainStream:
 
     def _segmentation(self) -> dict[str, torch.Tensor]:
         lab_crop, ulb_crop = self.crops
-        crops = [lab_crop(self.lab_items[k])[0] for k in next(self.lab_stream).tolist()]
+        crops = [_one(lab_crop(self.lab_items[k])) for k in next(self.lab_stream).tolist()]
         batch = {
             "x_lb": _stack([c["image"] for c in crops], self.device),
             "y_lb": _stack([c["label"] for c in crops], self.device).long(),
@@ -272,30 +274,48 @@ def _padded_item(volume, patch, num_classes: int | None = None) -> dict:
     return ClassesToIndicesd("label", num_classes=num_classes, indices_postfix="_cls")(item)
 
 
-def _label_crop(patch, num_classes: int, seed: int) -> Compose:
-    """Crop centred on a voxel of a uniformly drawn class: small organs
-    are seen as often as the liver (MONAI `RandCropByLabelClassesd`, equal ratios)."""
+def _one(crop):
+    """The crop of a one-sample crop transform (MONAI's label-driven crops return a list)."""
+    return crop[0] if isinstance(crop, list) else crop
+
+
+def _flips(keys, flip: float) -> list:
+    """Mirror along each in-plane axis (x, y of (C, X, Y, Z)) with probability ``flip``, as
+    DHC's RandomFlip_LR / RandomFlip_UD; none for 0 (the random streams stay unchanged)."""
+    if flip <= 0:
+        return []
+    return [RandFlipd(keys, prob=flip, spatial_axis=axis) for axis in (0, 1)]
+
+
+def label_crop(patch, num_classes: int, seed: int, mode: str = "class_balanced", flip=0.0):
+    """Crop transform of a labeled item (``image``, ``label`` (1, X, Y, Z), ``label_cls``).
+
+    ``class_balanced``: centred on a voxel of a uniformly drawn class, background included, so
+    small organs are seen as often as the liver (MONAI ``RandCropByLabelClassesd``, equal
+    ratios). ``random``: anywhere, uniformly (MONAI ``RandSpatialCropd``), as DHC (Wang & Li,
+    MICCAI 2023) crops: the crops then carry the data's own class imbalance, the one the
+    class-imbalance methods (DHC, CReST, ...) are built to correct. ``flip``: see ``_flips``.
+    Returns a crop dict (or a one-element list of it: take it with ``_one``)."""
     keys = ["image", "label"]
-    return seed_transform(
-        Compose(
-            [
-                RandCropByLabelClassesd(
-                    keys,
-                    label_key="label",
-                    spatial_size=patch,
-                    num_classes=num_classes,
-                    indices_key="label_cls",
-                    warn=False,
-                ),
-            ]
-        ),
-        seed % 2**31,
-    )
+    if mode == "random":
+        crop = RandSpatialCropd(keys, roi_size=patch, random_size=False)
+    elif mode == "class_balanced":
+        crop = RandCropByLabelClassesd(
+            keys,
+            label_key="label",
+            spatial_size=patch,
+            num_classes=num_classes,
+            indices_key="label_cls",
+            warn=False,
+        )
+    else:
+        raise ValueError(f"train.label_crop: must be class_balanced or random; got {mode!r}")
+    return seed_transform(Compose([crop, *_flips(keys, flip)]), seed % 2**31)
 
 
-def _random_crop(patch, seed: int) -> Compose:
+def _random_crop(patch, seed: int, flip: float = 0.0) -> Compose:
     keys = ["image"]
     return seed_transform(
-        Compose([RandSpatialCropd(keys, roi_size=patch, random_size=False)]),
+        Compose([RandSpatialCropd(keys, roi_size=patch, random_size=False), *_flips(keys, flip)]),
         seed % 2**31,
     )

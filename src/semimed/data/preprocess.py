@@ -9,13 +9,27 @@ Segmentation writes `<id>_image.npy` (1, X, Y, Z) float32 in [0, 1] and `<id>_la
 (1, X, Y, Z) uint8 per labeled case, resampled to the target spacing in RAS orientation and
 cropped to the body, plus `manifest.json` with the spacing (mm), shape and present classes of
 every case (`labeled: false` for volumes without labels: image only).
+
+Intensity rules (docs/data.md "Intensities"): 8-bit images (and PIL's 8-bit conversions of
+palette, RGBA, ... images) map 0..255 to [0, 1], so absolute brightness is kept; 16-bit and
+32-bit integer and float images (16-bit PNG, float TIFF) map their own min..max to [0, 1], as
+their real range is unknown (12-bit data in 16-bit files is common); a constant such image
+becomes 0. NaN / infinite values never reach the arrays: segmentation images follow
+`preprocess.nan_policy` (ingest refuses them, or they become the window's low end, 0);
+any other non-finite output stops preprocessing with the file's name. A constant image is
+kept (8-bit: its value / 255; wider: 0); a volume with no voxel above the window's low end
+(blank, or not CT) is refused, as its body crop would be empty. Images smaller than
+`image_size` are resized up like any other; volumes smaller than the training patch are
+padded by the loader (`semimed.data.loaders`) and by sliding-window inference.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 from monai.data import PILReader
 from monai.transforms import (
     Compose,
@@ -34,23 +48,50 @@ from semimed.config import ConfigError, TaskConfig
 from semimed.io import atomic_dir, write_json_atomic
 from semimed.tasks import spec
 
+# PIL modes of 16-bit and 32-bit integer and float images (one band each)
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _own_range(im):
+    """A wide-mode PIL image -> mode "F" with its own min..max mapped to 0..255 (the 8-bit
+    scale the chain then maps to [0, 1]); a constant image -> 0; NaN stays NaN."""
+    from PIL import Image
+
+    x = np.asarray(im, dtype=np.float64)
+    lo, hi = x.min(), x.max()
+    if np.isfinite(lo) and np.isfinite(hi):
+        x = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
+    return Image.fromarray(x.astype(np.float32))
+
 
 def _grayscale(im):
-    return im.convert("L")
+    return _own_range(im) if im.mode in WIDE_MODES else im.convert("L")
 
 
 def _rgb(im):
-    return im.convert("RGB")
+    return _own_range(im) if im.mode in WIDE_MODES else im.convert("RGB")
+
+
+def _channel_first(channels: int):
+    """(H, W) or (H, W, 3) -> (`channels`, H, W) float32 (a wide-mode image stays one band)."""
+    to_channels = _to_channels(channels)
+
+    def convert(x):
+        x = np.asarray(x, dtype=np.float32)
+        return to_channels(x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0))
+
+    return convert
 
 
 def classification_chain(image_size: int, channels: int = 1) -> Compose:
-    """Image file (PNG, JPEG, ...) -> (C, S, S) float32 in [0, 1], C = `channels` (PIL converts
-    colour to grayscale or grayscale to RGB). `reverse_indexing=False` keeps rows as rows."""
+    """Image file (PNG, JPEG, TIFF, ...) -> (C, S, S) float32 in [0, 1], C = `channels` (PIL
+    converts colour to grayscale or grayscale to RGB; 16-bit and float images are scaled by
+    their own range, see the module docstring). `reverse_indexing=False` keeps rows as rows."""
     reader = PILReader(converter=_grayscale if channels == 1 else _rgb, reverse_indexing=False)
     return Compose(
         [
             LoadImaged("image", reader=reader, image_only=True),
-            EnsureChannelFirstd("image", channel_dim="no_channel" if channels == 1 else -1),
+            Lambdad("image", _channel_first(channels)),
             *_scale_and_resize((image_size, image_size)),
         ]
     )
@@ -86,13 +127,20 @@ def _to_channels(channels: int):
     return convert
 
 
-def segmentation_chain(spacing, window, labeled: bool = True) -> Compose:
-    """NIfTI image (+ label) -> RAS, resampled to `spacing` mm, HU window -> [0, 1], body crop."""
+def segmentation_chain(
+    spacing, window, labeled: bool = True, fill_nonfinite: bool = False
+) -> Compose:
+    """NIfTI image (+ label) -> RAS, resampled to `spacing` mm, HU window -> [0, 1], body crop.
+    `fill_nonfinite` (nan_policy zero): NaN and -inf -> the window's low end, +inf -> its high
+    end, before resampling spreads them."""
     keys = ["image", "label"] if labeled else ["image"]
     modes = ("bilinear", "nearest")[: len(keys)]
+    lo, hi = float(window[0]), float(window[1])
+    fill = [Lambdad("image", partial(torch.nan_to_num, nan=lo, posinf=hi, neginf=lo))]
     return Compose(
         [
             LoadImaged(keys, image_only=True),
+            *(fill if fill_nonfinite else []),
             EnsureChannelFirstd(keys),
             Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacingd(keys, pixdim=spacing, mode=modes),
@@ -150,6 +198,7 @@ def _preprocess_classification(cfg: TaskConfig, manifest: dict, tmp: Path) -> di
             )
         else:
             images.append(chain({"image": rec["image"]})["image"])
+        _require_finite(images[-1], rec["image"])
         labels = rec["labels"] and {
             t: None if name is None else manifest["classes"][t].index(name)
             for t, name in rec["labels"].items()
@@ -160,17 +209,28 @@ def _preprocess_classification(cfg: TaskConfig, manifest: dict, tmp: Path) -> di
     return {"task": "classification", "classes": manifest["classes"], "records": records}
 
 
+def _require_finite(image: np.ndarray, path) -> None:
+    """Never train on NaN: a non-finite preprocessed value stops the stage, naming the file."""
+    if not np.isfinite(image).all():
+        raise ConfigError(f"{path}: NaN or infinite values after preprocessing; fix the file")
+
+
 def _preprocess_segmentation(cfg: TaskConfig, manifest: dict, tmp: Path) -> dict:
-    spacing = tuple(cfg.preprocess.spacing)
-    chains = {
-        flag: segmentation_chain(spacing, cfg.preprocess.window, flag) for flag in (True, False)
-    }
+    p = cfg.preprocess
+    spacing, zero = tuple(p.spacing), p.nan_policy == "zero"
+    chains = {flag: segmentation_chain(spacing, p.window, flag, zero) for flag in (True, False)}
     num_classes = len(manifest["classes"])
     records = []
     for rec in manifest["records"]:
         labeled = rec["label"] is not None
         out = chains[labeled]({"image": rec["image"], "label": rec["label"]})
         image = out["image"].astype(np.float32)
+        _require_finite(image, rec["image"])
+        if 0 in image.shape:  # e.g. a blank (all-air) or non-CT volume under a CT window
+            raise ConfigError(
+                f"{rec['image']}: no voxel above preprocess.window's low end ({p.window[0]:g}), "
+                "so the body crop is empty; check the window against this image's intensities"
+            )
         np.save(tmp / f"{rec['id']}_image.npy", image)
         present = []
         if labeled:

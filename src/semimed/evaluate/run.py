@@ -25,6 +25,7 @@ from semimed.evaluate.original import OriginalSpaceScorer, original_files
 from semimed.inference import predict_proba, predict_volume
 from semimed.io import write_bytes_atomic, write_json_atomic
 from semimed.report import plot_overlay
+from semimed.report_flags import training_record
 from semimed.tasks import spec
 
 
@@ -44,6 +45,27 @@ def evaluate_run(
         ingested = paths.ingested(cfg.task) if ingested is None else Path(ingested)
         return _segmentation(cfg, data, model, device, Path(plots), title, ingested)
     return _classification(cfg, data, model, device, Path(plots))
+
+
+def run_record(
+    task: str, method: str, seed: int, n_test: int, metrics: dict, train_info: dict
+) -> dict:
+    """The metrics file of one run (``paths.run_metrics``): its identity, `metrics` (from
+    `evaluate_run`), ``training`` -- the convergence facts of its ``train.json``, numbers and
+    bools only (``best_step``, ``last_step``, ``converged``, ``stopped_early``, ...; see
+    `semimed.report_flags.training_record`), which the report flags and DVC can diff -- and
+    ``train``: train.json itself as provenance (the fingerprint hashes the run's params, data,
+    split and code), less the wall time so that equal runs give byte-identical files."""
+    skip = ("task", "method", "seed", "seconds", "convergence")  # convergence: `training`
+    return {
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "n_test": n_test,
+        **metrics,
+        "training": training_record(train_info),
+        "train": {k: v for k, v in train_info.items() if k not in skip},
+    }
 
 
 def write_cases(path: Path, rows: list[dict]) -> None:

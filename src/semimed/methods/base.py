@@ -110,6 +110,11 @@ class Method(nn.Module):
     def on_step_end(self, step: int) -> None:
         """Called after ``optimizer.step()`` of 0-based ``step`` (EMA updates, banks)."""
 
+    def lr_factor(self, step: int, schedule: Callable[[float], float]) -> float:
+        """Learning-rate factor of 0-based ``step``; ``schedule`` is the loop's (warm-up and
+        decay over the run's budget). Phased methods (SimCLR) give each phase its own."""
+        return schedule(step)
+
     def inference_model(self) -> nn.Module:
         """The network validation and evaluation use; the student by default."""
         return self.net

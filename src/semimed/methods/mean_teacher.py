@@ -13,7 +13,8 @@ weak output where the strong one was meant; tests check which input reaches whic
 Labeled and strong images share one student pass; the teacher runs under no_grad on the weak
 views alone. The teacher is validated and saved: the paper found the EMA model the more
 accurate of the two. Task files (`classification/mean_teacher.py`,
-`segmentation/mean_teacher.py`) only choose the supervised loss and the default weight.
+`segmentation/mean_teacher.py`) only choose the supervised loss, the consistency's reduction
+over classes and the default weight.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ class MeanTeacher(Method):
         """The task's loss on the labeled batch."""
         raise NotImplementedError
 
+    def consistency_loss(self, logits_student: Tensor, logits_teacher: Tensor) -> Tensor:
+        """The consistency cost between student and teacher logits; softmax MSE averaged over
+        classes and samples (USB's, for classification) unless the task file says otherwise."""
+        return softmax_mse(logits_student, logits_teacher)
+
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x_lb, x_ulb_w, x_ulb_s = batch["x_lb"], batch["x_ulb_w"], batch["x_ulb_s"]
         logits_lb, logits_s = self.net(torch.cat([x_lb, x_ulb_s])).split([len(x_lb), len(x_ulb_s)])
@@ -65,7 +71,7 @@ class MeanTeacher(Method):
             logits_teacher = self.teacher(x_ulb_w)
 
         sup = self.supervised_loss(logits_lb, batch["y_lb"])
-        unsup = softmax_mse(logits_s, logits_teacher)
+        unsup = self.consistency_loss(logits_s, logits_teacher)
         return ramped_terms(
             sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
         )

@@ -16,8 +16,9 @@ Classes: `data.classes`, else dataset.json's labels. Group = `data.group_regex` 
 id, else dataset.json's patient_id, else the case. `data.split_lists` (one case id per line,
 as DHC's `labeled_20p.txt` / `unlabeled_20p.txt` / `eval.txt` / `test.txt`) give the
 official split when `split.official` is true. Every volume is fully decoded here: a corrupt
-file, an image/label shape or affine mismatch or a label value outside the classes stops
-ingest with the file's name.
+file, an image/label shape or affine mismatch, a label value outside the classes or an image
+with NaN / infinite voxels (unless `preprocess.nan_policy` is zero) stops ingest with the
+file's name. A label map without foreground is a legal labeled case (all background).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from semimed.data.sources.validate import (
     Index,
     IngestError,
+    check_finite,
     check_pair,
     group_of,
     load_nifti,
@@ -147,6 +149,7 @@ def read(cfg, root: Path) -> Index:
     records = []
     for cid, img, lab, part in pairs:
         image, spacing, _ = check_pair(img, require_file(lab, f"label of {img}"), classes)
+        warnings += check_finite(img, image, p.nan_policy)
         warnings += volume_warnings(img, image, spacing, p.spacing, p.window)
         rec = {"id": cid, "image": str(img), "label": str(lab)}
         records.append(
@@ -154,6 +157,7 @@ def read(cfg, root: Path) -> Index:
         )
     for cid, img in unlabeled:
         image, _, spacing = load_nifti(img)
+        warnings += check_finite(img, image, p.nan_policy)
         warnings += volume_warnings(img, image, spacing, p.spacing, p.window)
         rec = {
             "id": cid,

@@ -104,10 +104,24 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     return arr, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
+def check_finite(path: Path, image: np.ndarray, policy: str) -> list[str]:
+    """NaN or infinite voxels: refused (`policy` "error"), or a warning that preprocess sets them
+    to the window's low end, 0 after scaling ("zero"). Returns the warnings."""
+    bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+    if not bad:
+        return []
+    if policy == "error":
+        raise IngestError(
+            f"{path}: {bad} NaN or infinite voxels; fix the file, or set "
+            "segmentation.preprocess.nan_policy: zero to set them to 0 after scaling"
+        )
+    return [f"{path}: {bad} NaN or infinite voxels set to 0 after scaling (nan_policy: zero)"]
+
+
 def check_label_values(path: Path, label: np.ndarray, classes: list[str]) -> list[int]:
     """Integer label values within 0..C-1; returns the values present."""
     values = np.unique(label)
-    if not np.all(np.mod(values, 1) == 0):
+    if not np.all(np.mod(values, 1) == 0):  # NaN fails here too
         raise IngestError(f"{path}: label map has non-integer values; expected class indices")
     bad = [int(v) for v in values if v < 0 or v >= len(classes)]
     if bad:
@@ -143,7 +157,7 @@ def volume_warnings(path: Path, image: np.ndarray, spacing, target, window) -> l
             f"{path}: spacing {tuple(round(s, 2) for s in spacing)} mm is far from "
             f"preprocess.spacing {tuple(target)} (resampled by up to {max(ratio.max(), 1 / ratio.min()):.1f}x)"
         )
-    lo, hi = float(np.min(image)), float(np.max(image))
+    lo, hi = float(np.nanmin(image)), float(np.nanmax(image))  # NaN: see check_finite
     if lo > -200 or hi < 100:
         out.append(
             f"{path}: intensities span [{lo:g}, {hi:g}], unlike CT in HU; "

@@ -21,9 +21,13 @@ them, SumNorm(v) = v / sum(v) and H the cross-entropy. Classes no masked sample 
 to 0 and adds a constant without gradient); likewise a_c = 0 where h_t(c) = 0 (only possible
 with m = 0). No masked sample: fair = 0.
 
-Choices here: the thresholds start at 1/C as in the paper (USB starts tau at 1); the update uses
-the current batch before masking it (paper, Alg. 1); tau, p_t and h_t are registered buffers, so
-``state_dict`` checkpoints resume exactly. Labeled, weak and strong images share ONE forward pass
+Choices here: the thresholds start at 1/C as in the paper and in USB (its
+``FreeMatchThresholdingHook`` sets p_model = label_hist = 1/C and tau = mean(p_model) = 1/C;
+one older revision started all three at 1); the update uses the current batch before masking
+it (paper, Alg. 1); tau, p_t and h_t are registered buffers, so ``state_dict`` checkpoints
+resume exactly. Under DDP the update uses the weak-view probabilities of every process
+(``gather.all_rows``, as USB's ``concat_all_gather``), not one process's share; the mask and
+losses use the local share. Labeled, weak and strong images share ONE forward pass
 (as ``fixmatch.py``); an EMA of the student is evaluated.
 
 Fix-A-Step gate (Huang et al., "Fix-A-Step: Semi-supervised Learning from Uncurated Unlabeled
@@ -48,6 +52,7 @@ from torch import Tensor, nn
 from semimed.config.checks import Checked, OneOf, Range
 from semimed.losses import masked_cross_entropy
 from semimed.methods.base import EvaluatesEMA
+from semimed.methods.classification.gather import all_rows
 
 
 def self_adaptive_thresholds(tau: Tensor, p_model: Tensor) -> Tensor:
@@ -130,7 +135,9 @@ class FreeMatch(EvaluatesEMA):
 
     @torch.no_grad()
     def update_thresholds(self, probs: Tensor) -> None:
-        """EMA updates of tau, p_model and label_hist from weak-view probabilities (U, C)."""
+        """EMA updates of tau, p_model and label_hist from weak-view probabilities (U, C)
+        (under DDP: those of every process)."""
+        probs = all_rows(probs)
         m = self.params.momentum
         hist = F.one_hot(probs.argmax(dim=1), self.num_classes).to(probs.dtype).mean(dim=0)
         self.tau.lerp_(probs.max(dim=1).values.mean(), 1.0 - m)

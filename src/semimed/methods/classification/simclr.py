@@ -15,26 +15,36 @@ no_grad, backbone in eval mode so BatchNorm statistics and dropout are fixed).
 
 Switch (seed 001 early-stops on the epoch's mean contrastive loss, patience 5): the mean
 contrastive loss of each window of ``window`` steps must beat the best window so far by
-``min_delta``; after ``patience`` windows without that, or once ``max_pretrain_fraction`` of
-``total_steps`` is done, phase 2 starts. The phase and the plateau tracker are buffers, so a
-run resumed from a checkpoint continues in its phase.
+``min_delta``; after ``patience`` windows without that the probe starts one step later (the
+step after next, so that the loop's schedule, computed before ``on_step_end``, knows it in
+time), and at the latest at step ``ceil(max_pretrain_fraction * total_steps)``. The phase
+follows the 0-based step (``step >= probe_start``); the phase, the first probe step and the
+plateau tracker are buffers, so a run resumed from a checkpoint continues in its phase.
 
 The loop's optimizer holds every parameter. Those a phase does not use get no gradient (their
 ``.grad`` stays None, not zero), so SGD / Adam / AdamW neither step nor decay them: the head is
 untouched in phase 1, the backbone and projector in phase 2. ``requires_grad`` is never changed,
-so a resumed run builds the same optimizer. The learning-rate schedule is the loop's, global:
-with cosine decay the probe trains in the schedule's tail (300 steps, warm-up 20, switch at
-70 %: from 0.23 of the peak rate down to 0). No probe loss scale: Adam's steps do not depend on
-the loss scale. Measured on the default echo data (seed 0, 300 steps): the probe reached 0.37
-validation balanced accuracy, and a logistic regression fitted to convergence on the same
-frozen features 0.40-0.45 (switching at 50 %: probe 0.35), so the short pretraining, not the
-late learning rate, limits it.
+so a resumed run builds the same optimizer.
+
+Learning rate: each phase replays the loop's whole schedule (``train.warmup_steps`` warm-up,
+then ``train.schedule`` decay) compressed onto its own steps (``lr_factor``): pretraining over
+its planned ``ceil(max_pretrain_fraction * total_steps)`` steps, the probe over the steps that
+remain, so the probe gets its own warm-up and peak rate (the loop's ``LambdaLR`` asks
+``method.lr_factor(step, schedule)``; other methods return ``schedule(step)``). The global
+schedule used before gave the probe the cosine tail (300 steps, warm-up 20, switch at 70 %:
+from 0.23 of the peak rate down to 0). No probe loss scale: Adam's steps do not depend on the
+loss scale. Measured on the default echo data before this change (seed 0, 300 steps): the
+probe reached 0.37 validation balanced accuracy and a logistic regression fitted to
+convergence on the same frozen features 0.40-0.45, so the short pretraining limits this
+method at the default budget.
 Validation and ``best.pt`` use ``net`` throughout; the head starts at zero so that phase-1
 scores are chance level (a random head once scored 0.48 mid-pretraining, above the probe).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -99,15 +109,31 @@ class SimCLR(Method):
         self.register_buffer("window_sum", torch.zeros(()))  # contrastive loss summed this window
         self.register_buffer("best_window", torch.tensor(float("inf")))  # best window mean
         self.register_buffer("stale_windows", torch.zeros((), dtype=torch.long))
-        # A host copy of the phase spares a GPU sync per step; refreshed when a checkpoint loads.
-        self._probing = False
+        # Planned pretraining steps: the probe starts here unless a plateau comes first.
+        self.pretrain_steps = math.ceil(p.max_pretrain_fraction * self.total_steps)
+        self.register_buffer("probe_start", torch.tensor(self.pretrain_steps))  # first probe step
+        # Host copies spare a GPU sync per step; refreshed when a checkpoint loads.
+        self._probing, self._probe_start = False, self.pretrain_steps
         self.register_load_state_dict_post_hook(SimCLR._sync_phase)
 
     @staticmethod
     def _sync_phase(module: SimCLR, incompatible_keys: Any) -> None:
         module._probing = int(module.phase) == PROBE
+        module._probe_start = int(module.probe_start)
+
+    def lr_factor(self, step: int, schedule: Callable[[float], float]) -> float:
+        """Learning-rate factor of 0-based ``step``: ``schedule`` (the loop's factor as a function
+        of the step, warm-up and decay over ``total_steps``) replayed over the phase's own
+        steps, so the probe starts with its own warm-up rather than the pretraining's tail."""
+        start, total = self._probe_start, self.total_steps
+        if step < start:
+            return schedule(step * total / self.pretrain_steps)
+        return schedule((step - start) * total / max(1, total - start))
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        if not self._probing and step >= self._probe_start:
+            self.phase.fill_(PROBE)
+            self._probing = True
         if self._probing:
             self.net.backbone.eval()
             with torch.no_grad():
@@ -135,7 +161,6 @@ class SimCLR(Method):
         if self._probing:
             return
         done, p = step + 1, self.params
-        plateau = False
         if done % p.window == 0:  # one host sync per window
             mean = float(self.window_sum) / p.window
             self.window_sum.zero_()
@@ -144,7 +169,7 @@ class SimCLR(Method):
                 self.stale_windows.zero_()
             else:
                 self.stale_windows += 1
-            plateau = int(self.stale_windows) >= p.patience
-        if plateau or done >= p.max_pretrain_fraction * self.total_steps:
-            self.phase.fill_(PROBE)
-            self._probing = True
+            if int(self.stale_windows) >= p.patience and step + 2 < self._probe_start:
+                # The loop has already set the rate of step + 1: the probe starts after it.
+                self.probe_start.fill_(step + 2)
+                self._probe_start = step + 2

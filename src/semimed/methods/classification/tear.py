@@ -13,8 +13,9 @@ Knowledge-Aware Regularization" (MICCAI 2022). Per step, with U unlabeled images
 DA (distribution alignment, as in the authors' code): q = p / mean(last ``da_length``
 batch-mean teacher predictions), renormalised; the history starts filled with the uniform
 distribution, so early steps are barely aligned. The student's labeled, weak and strong images
-share one backbone pass (``features -> net.head``); the teacher runs on the weak view alone and
-is the evaluated model. Unlike the released code, whose pseudo-labels come from the student's
+share one backbone pass (``features -> net.head``); the teacher runs on the weak view alone, in
+eval mode as in the authors' code (no dropout; BatchNorm uses the running statistics that
+``update_ema`` copies from the student), and is the evaluated model. Unlike the released code, whose pseudo-labels come from the student's
 weak view, the teacher gives them here, as the paper's temporal-ensemble framing describes.
 
 AdaPL. The paper relaxes hard pseudo-labels to soft ones according to a loss estimate built
@@ -42,10 +43,14 @@ matched to classes one-to-one by the Hungarian algorithm on cosine similarity (t
 code paired cluster k with class k, an arbitrary order); the loss averages 1 - cos over the
 pairs of non-empty clusters and present classes. AdaPL and IPH each cost one host sync per
 step on a GPU (the Hungarian matching runs on the CPU).
+DDP: the alignment history and the AdaPL memory record the rows of every process
+(``gather.all_rows``); the losses use the local share.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -63,8 +68,22 @@ from semimed.losses import (
     sharpen,
 )
 from semimed.methods.base import Method
+from semimed.methods.classification.gather import all_rows
 
 DISTANCES = ("mse", "kl")
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode (no dropout, BatchNorm running statistics), then each
+    sub-module's own mode back."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def distance(target: Tensor, logits: Tensor, kind: str) -> Tensor:
@@ -141,7 +160,7 @@ class TEAR(Method):
         sizes = [len(x_lb), len(x_ulb_w), len(x_ulb_s)]
         features = self.net.backbone(torch.cat([x_lb, x_ulb_w, x_ulb_s]))
         logits_lb, _, logits_s = self.net.head(features).split(sizes)
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(self.teacher):
             teacher_features = self.teacher.backbone(x_ulb_w)
             targets = self._align(self.teacher.head(teacher_features).float().softmax(dim=1))
 
@@ -164,8 +183,10 @@ class TEAR(Method):
     @torch.no_grad()
     def _align(self, probs: Tensor) -> Tensor:
         """Distribution alignment of teacher probabilities (U, C); records their batch mean."""
-        # index_copy_ with a tensor row keeps the step free of host syncs on a GPU.
-        self.da_history.index_copy_(0, self.da_next.view(1), probs.mean(dim=0, keepdim=True))
+        # index_copy_ with a tensor row keeps the step free of host syncs on a GPU; under DDP
+        # the batch mean is over every process's rows.
+        batch_mean = all_rows(probs).mean(dim=0, keepdim=True)
+        self.da_history.index_copy_(0, self.da_next.view(1), batch_mean)
         self.da_next.add_(1).remainder_(len(self.da_history))
         aligned = probs / self.da_history.mean(dim=0)
         return aligned / aligned.sum(dim=1, keepdim=True)
@@ -177,8 +198,11 @@ class TEAR(Method):
             d = distance(targets, logits_s, p.adapl_distance).float()
             past = p.adapl_momentum * self.adapl_memory[index] + (1 - p.adapl_momentum) * d
             estimate = torch.where(self.adapl_seen[index], past, d)
-            self.adapl_memory[index] = estimate
-            self.adapl_seen[index] = True
+            # Under DDP every process records every process's samples (the buffers are rank 0's
+            # after the step).
+            every_index = all_rows(index)
+            self.adapl_memory[every_index] = all_rows(estimate)
+            self.adapl_seen[every_index] = True
             temperature, weight = adapl_relaxation(
                 estimate, p.adapl_gamma, p.adapl_k, p.adapl_min_weight
             )

@@ -19,8 +19,9 @@ the student's softmax p (``mean_c`` = mean over them):
     mask(v) = [u_v < r_{argmax f(x_u)_v}] * max_k softmax f(x_u)_{v,k} ** beta
     unsup = mean_v mask(v) CE(f(x_u)_v, argmax teacher(x_u)_v)
 
-loss = Dice + CE (unweighted: the script's 'wce+dice' is built without weights) + unsup (weight
-1, no ramp-up). The student is validated and saved, as in DHC.
+loss = Dice + CE (unweighted: the script's 'wce+dice' is built without weights; DHC's batch
+Dice without background, ``dice="dhc"``) + unsup (weight 1, no ramp-up). The student is
+validated and saved, as in DHC.
 
 Per-step form: DHC averages the indicators over an epoch and updates CC once per epoch (about
 500 updates, momentum 0.99); we update CC every step (400 updates), so its buffer moves on the
@@ -44,7 +45,7 @@ from torch import Tensor, nn
 
 from semimed.class_weights import class_sampling_mask, ema_, label_class_sums, sampling_rates
 from semimed.config.checks import Range
-from semimed.losses import masked_cross_entropy, ramped_terms
+from semimed.losses import hard_labels, masked_cross_entropy, ramped_terms, with_unsup_ratio
 from semimed.methods.cost import teacher_pass
 from semimed.methods.segmentation.mean_teacher import MeanTeacher
 
@@ -108,6 +109,8 @@ class AcISIS(MeanTeacher):
         rate_power: Annotated[float, Range(gt=0)] = 2.5
         # beta, exponent of the voxel confidence (DHC)
         stabilise_power: Annotated[float, Range(ge=0)] = 1.5
+        # Dice of the supervised term (DHC's code: "dhc")
+        dice: str = "dhc"
 
     intrinsic_passes = staticmethod(teacher_pass)
     intrinsic_why = "student on labeled + unlabeled; EMA teacher on unlabeled, no grad"
@@ -130,15 +133,17 @@ class AcISIS(MeanTeacher):
         logits = self.net(torch.cat([x_lb, x_ulb]))
         logits_lb, logits_ulb = logits[:n], logits[n:]
         with torch.no_grad():
-            target = self.teacher(x_ulb).argmax(1)
+            target = hard_labels(self.teacher(x_ulb))
             rates = self.update_rates(logits_lb.detach(), y_lb)
             confidence = logits_ulb.detach().float().softmax(1).max(1).values
             mask = class_sampling_mask(logits_ulb.detach(), rates)
             mask = mask * confidence.pow(self.params.stabilise_power)
         sup = self.supervised_loss(logits_lb, y_lb)
         unsup = masked_cross_entropy(logits_ulb.float(), target, mask)
-        return ramped_terms(
-            sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
+        return with_unsup_ratio(
+            ramped_terms(
+                sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
+            )
         )
 
     def inference_model(self) -> nn.Module:

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from semimed.class_weights import ema_
 from semimed.config.checks import Range
-from semimed.losses import masked_cross_entropy, weighted_ce
+from semimed.losses import hard_labels, masked_cross_entropy, weighted_ce
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 BINS = 1000  # histogram bins of the softmax scores in [0, 1] (bin width 1e-3)
@@ -58,7 +58,7 @@ def score_statistics(probs: Tensor, tau_major: float) -> tuple[Tensor, Tensor, T
     bins = (flat * BINS).long().clamp_(0, BINS - 1)
     bins += torch.arange(c, device=flat.device)[:, None] * BINS
     hist = torch.bincount(bins.flatten(), minlength=c * BINS).view(c, BINS).float()
-    predicted = torch.bincount(flat.argmax(0), minlength=c).float()
+    predicted = torch.bincount(hard_labels(flat[None])[0], minlength=c).float()
     return hist, predicted, (flat > tau_major).sum(1).float()
 
 
@@ -139,7 +139,7 @@ class Adsh(CrossPseudoSupervision):
     def thresholded_ce(self, student: Tensor, teacher_probs: Tensor, thresholds: Tensor) -> Tensor:
         """CE of student logits (N, C, ...) against the argmax of the teacher's probabilities
         (N, C, ...) under the teacher's mask ``p_c > thresholds[c]``, averaged over all voxels."""
-        target = teacher_probs.argmax(1, keepdim=True)
+        target = hard_labels(teacher_probs, keepdim=True)
         keep = teacher_probs > thresholds.view((1, -1) + (1,) * (student.dim() - 2))
         if self.params.logit_mask:
             return weighted_ce(student.float() * keep, target)

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from semimed.class_weights import class_sampling_mask, label_class_sums, sampling_rates
 from semimed.config.checks import Range
-from semimed.losses import masked_cross_entropy
+from semimed.losses import hard_labels, masked_cross_entropy
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -124,7 +124,7 @@ class CLD(CrossPseudoSupervision):
         pairs = ((logits_a, logits_b, w_a), (logits_b, logits_a, w_b))
         for k, (student, teacher, w) in enumerate(pairs):
             with torch.no_grad():
-                target = teacher.detach().argmax(1)
+                target = hard_labels(teacher.detach())
                 keep = class_sampling_mask(student.detach(), rates[k])
                 voxel_w = keep if w is None else w[target] * keep
             unsup = unsup + masked_cross_entropy(student.float(), target, voxel_w)

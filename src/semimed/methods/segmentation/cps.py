@@ -10,8 +10,11 @@ batch with cross-entropy against the other network's hard prediction (argmax, no
 
 ``CrossPseudoSupervision`` is the shared pair: subclasses (DHC and the class-imbalance
 baselines built on CPS) override ``class_weights`` to weight both terms per class,
-``pseudo_labels`` to change the targets, or ``cps_loss`` to change the whole term (masks). Inference averages the two networks' softmax
-(``PairAverage``). Defaults follow DHC's CPS: weight 1, no ramp-up.
+``pseudo_labels`` to change the targets, or ``cps_loss`` to change the whole term (masks).
+Inference averages the two networks' softmax (``PairAverage``). Defaults follow DHC's CPS:
+weight 1, no ramp-up, and DHC's supervised Dice (``dice="dhc"``: one Dice per class over the
+batch, background left out, smooth 1; ``semimed.losses.seg_dice_loss``), which DHC's code
+trains every method of this family with.
 """
 
 from __future__ import annotations
@@ -23,8 +26,15 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor, nn
 
-from semimed.config.checks import Checked, Range
-from semimed.losses import ramped_terms, weighted_ce, weighted_dice_ce
+from semimed.config.checks import Checked, OneOf, Range
+from semimed.losses import (
+    DICE_FORMS,
+    hard_labels,
+    ramped_terms,
+    weighted_ce,
+    weighted_dice_ce,
+    with_unsup_ratio,
+)
 from semimed.methods.base import Method
 from semimed.methods.cost import PAIR_WHY, pair_pass
 from semimed.networks.segmentation import PairAverage
@@ -43,6 +53,8 @@ class CrossPseudoSupervision(Method):
         cps_weight: Annotated[float, Range(ge=0)] = 1.0
         # share of total_steps of the sigmoid ramp-up; 0 = none
         rampup: Annotated[float, Range(ge=0, le=1)] = 0.0
+        # Dice of the supervised term (losses.DICE_FORMS; DHC's code: "dhc")
+        dice: Annotated[str, OneOf(*DICE_FORMS)] = "dhc"
 
     intrinsic_passes = staticmethod(pair_pass)
     intrinsic_why = PAIR_WHY
@@ -62,7 +74,7 @@ class CrossPseudoSupervision(Method):
 
     def pseudo_labels(self, logits_a: Tensor, logits_b: Tensor) -> tuple[Tensor, Tensor]:
         """Hard targets (B + U, 1, ...) for network a (from b) and for b (from a)."""
-        return logits_b.argmax(1, keepdim=True), logits_a.argmax(1, keepdim=True)
+        return hard_labels(logits_b, keepdim=True), hard_labels(logits_a, keepdim=True)
 
     def cps_loss(
         self, logits_a: Tensor, logits_b: Tensor, w_a: Tensor | None, w_b: Tensor | None, n_lb: int
@@ -80,11 +92,20 @@ class CrossPseudoSupervision(Method):
         logits_a, logits_b = self.net(x), self.net2(x)
         with torch.no_grad():
             w_a, w_b = self.class_weights(logits_a.detach(), logits_b.detach(), y_lb, n)
-        sup = weighted_dice_ce(logits_a[:n], y_lb, w_a) + weighted_dice_ce(logits_b[:n], y_lb, w_b)
-        unsup = self.cps_loss(logits_a, logits_b, w_a, w_b, n)
-        return ramped_terms(
-            sup, unsup, self.params.cps_weight, step, self.params.rampup * self.total_steps
+        sup = self.supervised_loss(logits_a[:n], y_lb, w_a) + self.supervised_loss(
+            logits_b[:n], y_lb, w_b
         )
+        unsup = self.cps_loss(logits_a, logits_b, w_a, w_b, n)
+        return with_unsup_ratio(
+            ramped_terms(
+                sup, unsup, self.params.cps_weight, step, self.params.rampup * self.total_steps
+            )
+        )
+
+    def supervised_loss(self, logits: Tensor, labels: Tensor, weights: Tensor | None) -> Tensor:
+        """Dice + CE of one network's labeled logits (B, C, ...), weighted per class (C,) or
+        not, with the ``dice`` formulation of Params (DHC: the same loss for every method)."""
+        return weighted_dice_ce(logits, labels, weights, dice=self.params.dice)
 
     def inference_model(self) -> nn.Module:
         return PairAverage(self.net, self.net2)

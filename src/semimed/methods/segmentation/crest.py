@@ -29,6 +29,7 @@ from torch import Tensor
 
 from semimed.class_weights import ema_prediction_weights_
 from semimed.config.checks import Range
+from semimed.losses import hard_labels
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -76,7 +77,7 @@ class CReST(CrossPseudoSupervision):
         self, logits_a: Tensor, logits_b: Tensor, y_lb: Tensor, n_lb: int
     ) -> tuple[Tensor, Tensor]:
         # Each network counts its own argmax on the unlabeled crops.
-        own = (logits_a[n_lb:].argmax(1), logits_b[n_lb:].argmax(1))
+        own = (hard_labels(logits_a[n_lb:]), hard_labels(logits_b[n_lb:]))
         rule = functools.partial(crest_weights, alpha=self.params.alpha)
         w_a, w_b = ema_prediction_weights_(self.weights, own, rule, self.params.momentum)
         return w_a, w_b

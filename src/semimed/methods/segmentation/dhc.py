@@ -32,6 +32,7 @@ from semimed.class_weights import (
     hard_dice_per_class,
 )
 from semimed.config.checks import Range
+from semimed.losses import hard_labels
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -74,6 +75,6 @@ class DHC(CrossPseudoSupervision):
             self.one_minus_dice,
             (window - 1) / window,
         )
-        counts = class_counts(logits_b[n_lb:].argmax(1), self.num_classes)
+        counts = class_counts(hard_labels(logits_b[n_lb:]), self.num_classes)
         ema_(self.dist_weights, distribution_weights(counts), self.params.dist_momentum)
         return w_a, self.dist_weights.clone()

@@ -13,7 +13,8 @@ DHC (Wang & Li, MICCAI 2023, ``train_dst.py`` with ``vnet_dst.py``) puts DST on 
 each V-Net with three decoders (main, pseudo, worst; the worst one behind a GRL whose
 coefficient warms up as ``2 (hi - lo) / (1 + exp(-alpha i / N)) - (hi - lo) + lo``, lo 0,
 hi 0.1, alpha 1, N 500 iterations), eta' 2, confidence threshold 0.95, CPS weight 1 with a
-sigmoid ramp-up over the whole run, unweighted Dice + CE on the main heads. Per network k:
+sigmoid ramp-up over the whole run, unweighted Dice (DHC's, ``dice``) + CE on the main heads.
+Per network k:
 
     unsup_k = mean_v [conf(v) >= tau] CE(h_p^k(x)_v, argmax h^other(x)_v) + L_worst^k
 
@@ -43,7 +44,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semimed.config.checks import Range
-from semimed.losses import masked_cross_entropy, ramped_terms, weighted_dice_ce
+from semimed.losses import (
+    hard_labels,
+    masked_cross_entropy,
+    ramped_terms,
+    with_unsup_ratio,
+)
 from semimed.methods.cost import PAIR_WHY
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
@@ -71,7 +77,7 @@ def grl_coefficient(step: int, hi: float, alpha: float, steps: float) -> float:
 def worst_case_loss(logits: Tensor, worst_logits: Tensor, n_lb: int, eta: float) -> Tensor:
     """DST's worst-case estimation loss for logits (B + U, C, ...) of the main head (targets,
     detached here) and of the worst-case head; the first ``n_lb`` rows are labeled."""
-    target = logits.detach().argmax(1)
+    target = hard_labels(logits.detach())
     worst = worst_logits.float()
     on_labeled = F.cross_entropy(worst[:n_lb], target[:n_lb])
     log_wrong = torch.log((1.0 - worst[n_lb:].softmax(1) + 1e-6).clamp(max=1.0))
@@ -157,7 +163,9 @@ class DST(CrossPseudoSupervision):
         pseudo_a, worst_a = self.heads(logits_a, coeff)
         logits_b = self.net2(x)
         pseudo_b, worst_b = self.heads2(logits_b, coeff)
-        sup = weighted_dice_ce(logits_a[:n], y_lb) + weighted_dice_ce(logits_b[:n], y_lb)
+        sup = self.supervised_loss(logits_a[:n], y_lb, None) + self.supervised_loss(
+            logits_b[:n], y_lb, None
+        )
         # Each pseudo head learns from the other network's main head (detached in the loss).
         pseudo = confident_ce(pseudo_a, logits_b, p.threshold) + confident_ce(
             pseudo_b, logits_a, p.threshold
@@ -166,6 +174,14 @@ class DST(CrossPseudoSupervision):
             logits_b, worst_b, n, p.eta
         )
         unsup = pseudo + worst
-        return ramped_terms(
-            sup, unsup, p.cps_weight, step, p.rampup * self.total_steps, pseudo=pseudo, worst=worst
+        return with_unsup_ratio(
+            ramped_terms(
+                sup,
+                unsup,
+                p.cps_weight,
+                step,
+                p.rampup * self.total_steps,
+                pseudo=pseudo,
+                worst=worst,
+            )
         )

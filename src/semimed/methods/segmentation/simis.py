@@ -28,6 +28,7 @@ from torch import Tensor
 
 from semimed.class_weights import ema_, ema_prediction_weights_
 from semimed.config.checks import Range
+from semimed.losses import hard_labels
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 
@@ -65,6 +66,6 @@ class SimiS(CrossPseudoSupervision):
         self, logits_a: Tensor, logits_b: Tensor, y_lb: Tensor, n_lb: int
     ) -> tuple[Tensor, Tensor]:
         # Each network counts its own argmax on the whole batch, labeled crops included.
-        own = (logits_a.argmax(1), logits_b.argmax(1))
+        own = (hard_labels(logits_a), hard_labels(logits_b))
         w_a, w_b = ema_prediction_weights_(self.weights, own, simis_weights, self.params.momentum)
         return w_a, w_b

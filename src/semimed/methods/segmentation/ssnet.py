@@ -51,7 +51,7 @@ from monai.losses import DiceLoss
 from torch import Tensor, nn
 
 from semimed.config.checks import Checked, Range
-from semimed.losses import ramped_terms, weighted_dice_ce
+from semimed.losses import hard_labels, ramped_terms, weighted_dice_ce, with_unsup_ratio
 from semimed.methods.base import Method
 
 # Soft Dice between two probability maps, background included, pooled over the batch (DHC).
@@ -197,9 +197,9 @@ class SSNet(Method):
         emb_u = unl.movedim(1, -1).reshape(-1, c)[pick_u]
         y = y_lb.reshape(-1)[pick_l]
         with torch.no_grad():
-            pred = emb_l.argmax(1)
+            pred = hard_labels(emb_l)
             good = (pred == y) & (pred > 0)
-            pseudo = emb_u.argmax(1)
+            pseudo = hard_labels(emb_u)
             if good.any():
                 training = self.projection.training
                 self.projection.eval()
@@ -219,12 +219,14 @@ class SSNet(Method):
         lds = self.smoothness_loss(x, logits.detach().float().softmax(1))
         separation = self.separation_loss(logits, y_lb, n)
         unsup = lds + p.contrast_weight * separation
-        return ramped_terms(
-            sup,
-            unsup,
-            p.consistency,
-            step,
-            p.rampup * self.total_steps,
-            lds=lds,
-            separation=separation,
+        return with_unsup_ratio(
+            ramped_terms(
+                sup,
+                unsup,
+                p.consistency,
+                step,
+                p.rampup * self.total_steps,
+                lds=lds,
+                separation=separation,
+            )
         )

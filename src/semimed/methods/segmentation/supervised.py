@@ -3,7 +3,8 @@
 ``supervised`` (labeled subset) is the lower bound and ``supervised_full`` (every train-split
 label) the upper bound, as the "fully supervised" rows of DHC (Wang & Li, MICCAI 2023) and the
 baselines of SSL4MIS (Luo et al.) report them. Loss: soft Dice (Milletari et al., V-Net, 3DV
-2016) plus cross-entropy, via MONAI ``DiceCELoss``.
+2016) plus cross-entropy, via MONAI ``DiceCELoss`` (``dice="monai"``; DHC's ``train_fully.py``
+uses ``"dhc"``, SSL4MIS ``"ssl4mis"``: ``semimed.losses.seg_supervised_loss``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Annotated
 
 from torch import Tensor
 
-from semimed.config.checks import Checked, Range, require
-from semimed.losses import seg_supervised_loss
+from semimed.config.checks import Checked, OneOf, Range, require
+from semimed.losses import DICE_FORMS, seg_supervised_loss
 from semimed.methods.base import Method
 from semimed.methods.cost import labeled_pass
 
@@ -30,6 +31,8 @@ class Supervised(Method):
         dice_weight: Annotated[float, Range(ge=0)] = 1.0
         # weight of the cross-entropy term (not both 0)
         ce_weight: Annotated[float, Range(ge=0)] = 1.0
+        # Dice formulation (losses.DICE_FORMS)
+        dice: Annotated[str, OneOf(*DICE_FORMS)] = "monai"
 
         def cross_checks(self) -> None:
             require(
@@ -43,9 +46,8 @@ class Supervised(Method):
 
     def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         logits = self.net(batch["x_lb"])
-        sup = seg_supervised_loss(
-            logits, batch["y_lb"], self.params.dice_weight, self.params.ce_weight
-        )
+        p = self.params
+        sup = seg_supervised_loss(logits, batch["y_lb"], p.dice_weight, p.ce_weight, p.dice)
         return {"loss": sup, "sup": sup}
 
 

@@ -25,7 +25,9 @@ reference code (SSL4MIS ``train_uncertainty_aware_mean_teacher_3D.py``; DHC's
   noisy pass (the same distribution, one forward fewer).
 * ``C`` in the denominator: the reference divides by ``2 * sum(mask)``, which is the mean over
   classes for its binary task; DHC keeps the 2 with 14 classes. With C the term is the mean
-  squared error per class at certain voxels, the scale of our Mean Teacher's ``softmax_mse``.
+  squared error per class at certain voxels, SSL4MIS's scale for its weight 0.1. (Our
+  segmentation Mean Teacher sums over classes with weight 1 instead, see its docstring; the
+  logged ``unsup_ratio`` shows how small this term stays with 0.1.)
 * ``ln C``: both references use ``ln 2`` even for multi-class data (DHC), which keeps only
   very confident voxels; the paper's threshold is a share of the maximal uncertainty (ln 2 for
   its binary task), which for C classes is ``ln C``.
@@ -44,7 +46,7 @@ import torch
 from torch import Tensor
 
 from semimed.config.checks import Range
-from semimed.losses import sigmoid_rampup
+from semimed.losses import ramped_terms, sigmoid_rampup, with_unsup_ratio
 from semimed.methods.segmentation.mean_teacher import MeanTeacher
 
 
@@ -79,6 +81,8 @@ class UAMT(MeanTeacher):
     class Params(MeanTeacher.Params):
         # share of total_steps over which weight and threshold ramp, [0, 1]
         rampup: float = 1.0
+        # final weight of the masked consistency (SSL4MIS, DHC protocol), >= 0
+        consistency: float = 0.1
         # T, stochastic teacher passes per step for the uncertainty
         passes: Annotated[int, Range(ge=1)] = 8
         # std of the Gaussian noise on the teacher input (intensity)
@@ -122,11 +126,12 @@ class UAMT(MeanTeacher):
 
         sup = self.supervised_loss(logits_lb, batch["y_lb"])
         unsup = masked_softmax_mse(logits_ulb, probs[0], mask)
-        weight = self.params.consistency * ramp
-        return {
-            "loss": sup + weight * unsup,
-            "sup": sup,
-            "unsup": unsup,
-            "weight": sup.new_tensor(weight),
-            "mask_ratio": mask.mean(),
-        }
+        terms = ramped_terms(
+            sup,
+            unsup,
+            self.params.consistency,
+            step,
+            self.params.rampup * self.total_steps,
+            mask_ratio=mask.mean(),
+        )
+        return with_unsup_ratio(terms)

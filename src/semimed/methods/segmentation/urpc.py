@@ -21,8 +21,9 @@ p_mean), is also found in write-ups); the first mean runs over classes and voxel
 over voxels, so L_s averages the squared error over classes; nothing is detached, so p_mean,
 the weights and u_s all carry gradients, as in the reference.
 
-Differences from that code: the supervised term is our Dice + CE (sum of the two) per scale;
-the reference halves it ((CE + Dice) / 2 per scale). S = 1 + K follows ``channels`` (3 for the
+Differences from that code: the supervised term is our Dice + CE (sum of the two) per scale,
+MONAI's per-sample Dice by default; the reference halves it ((CE + Dice) / 2 per scale) with
+a batch Dice: ``dice="ssl4mis"`` reproduces that. S = 1 + K follows ``channels`` (3 for the
 default 4-level UNet; the reference's 3D UNet has 4). Defaults follow SSL4MIS: weight 0.1 ramped
 over the whole run (DHC: weight 1, no ramp). Validation uses the main output (eval mode).
 """
@@ -35,8 +36,8 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
-from semimed.config.checks import Checked, Range
-from semimed.losses import ramped_terms, seg_supervised_loss
+from semimed.config.checks import Checked, OneOf, Range
+from semimed.losses import DICE_FORMS, ramped_terms, seg_supervised_loss, with_unsup_ratio
 from semimed.methods.base import Method
 
 
@@ -79,6 +80,8 @@ class URPC(Method):
         consistency: Annotated[float, Range(ge=0)] = 0.1
         # share of total_steps of the sigmoid ramp-up; 0 = none
         rampup: Annotated[float, Range(ge=0, le=1)] = 1.0
+        # Dice of the supervised term per scale (losses.DICE_FORMS)
+        dice: Annotated[str, OneOf(*DICE_FORMS)] = "monai"
 
     intrinsic_why = "one deep-supervision network pass"
 
@@ -97,10 +100,17 @@ class URPC(Method):
                 f"{tuple(out.shape)}; build it with deep_supervision=True (unet or dynunet)"
             )
         n, scales = len(x_lb), out.shape[1]
-        # One batch of B * S predictions: MONAI's Dice (per sample and class) and CE (per
-        # voxel) average it to the mean over scales of each scale's Dice + CE.
-        sup = seg_supervised_loss(out[:n].flatten(0, 1), y_lb.repeat_interleave(scales, 0))
+        dice = self.params.dice
+        if dice == "monai":
+            # One batch of B * S predictions: MONAI's Dice (per sample and class) and CE (per
+            # voxel) average it to the mean over scales of each scale's Dice + CE.
+            sup = seg_supervised_loss(out[:n].flatten(0, 1), y_lb.repeat_interleave(scales, 0))
+        else:  # batch Dice: one loss per scale, then their mean
+            sup = sum(seg_supervised_loss(out[:n, s], y_lb, dice=dice) for s in range(scales))
+            sup = sup / scales
         unsup = rectified_pyramid_consistency(out[n:])
-        return ramped_terms(
-            sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
+        return with_unsup_ratio(
+            ramped_terms(
+                sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
+            )
         )

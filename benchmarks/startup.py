@@ -1,0 +1,58 @@
+"""Stage start-up (the ``startup`` section): seconds from ``python stages/<name>.py --help``
+to its exit, i.e. the interpreter plus the stage's module-level imports, and which heavy
+packages those load. Every DVC stage pays this once per run before any work; with ~44
+stages the sum is minutes of the default pipeline. torch costs ~1.5 s; ``import monai``
+(any submodule: `monai/__init__.py` loads every submodule, torchvision included) ~3-4 s more.
+The stage's own run may import more lazily; that is work, not start-up."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HEAVY = ("torch", "monai", "torchvision", "sklearn", "scipy", "matplotlib")
+PROBE = (
+    "import runpy, sys\n"
+    "script, sys.argv = sys.argv[1], [sys.argv[1], '--help']\n"
+    "try:\n"
+    "    runpy.run_path(script, run_name='__main__')\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
+)
+
+
+def stage_startup(script: Path, cwd: Path, repeats: int) -> dict:
+    """Median wall seconds of ``script --help`` over `repeats` fresh interpreters, and the
+    heavy packages it imported."""
+    times, heavy = [], ""
+    for _ in range(repeats):
+        began = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE, str(script)],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        times.append(time.perf_counter() - began)
+        heavy = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
+    return {"seconds": round(statistics.median(times), 3), "imports": heavy.split()}
+
+
+def bench_startup(scripts: Path, cwd: Path, repeats: int) -> dict:
+    """`stage_startup` of every stage script, and of a bare interpreter for reference."""
+    began = time.perf_counter()
+    for _ in range(repeats):
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+    out = {"python": {"seconds": round((time.perf_counter() - began) / repeats, 3), "imports": []}}
+    for script in sorted(scripts.glob("*.py")):
+        out[script.stem] = stage_startup(script, cwd, repeats)
+    return out
+
+
+def uses_torch(entry: dict) -> bool:
+    return "torch" in entry["imports"]

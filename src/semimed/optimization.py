@@ -1,0 +1,112 @@
+"""What updates a method's weights: optimizer, learning-rate schedule, mixed precision and
+the update step (`optimizer_step`: backward, clipping, skipping non-finite updates, DDP buffer
+sync). THE loop (`semimed.train`) and the benchmark's step runner share these functions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from semimed import distributed
+from semimed.runtime import autocast_for
+
+
+def build_optimizer(params, t) -> torch.optim.Optimizer:
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=t.lr,
+            momentum=t.momentum,
+            nesterov=t.momentum > 0,
+            weight_decay=t.weight_decay,
+        )
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def lr_factor(step: int, t) -> float:
+    """Linear warm-up to 1, then cosine to 0, poly (power 0.9, as DHC) or constant."""
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+    if t.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if t.schedule == "poly":
+        return (1 - progress) ** 0.9
+    return 1.0
+
+
+@dataclass
+class Optimization:
+    """What updates a method's weights: optimizer, schedule, loss scaler (fp16 only),
+    autocast context, the trainable parameters and the clipping norm (0: none)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast: object  # () -> context manager
+    trainable: list
+    grad_clip: float
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def make_optimization(method: torch.nn.Module, t, device: torch.device) -> Optimization:
+    """`train`'s optimizer and schedule for `method`'s trainable parameters on `device`
+    (bf16 autocast with `train.amp` on a CUDA device; fp16 adds a GradScaler)."""
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, t)
+    schedule = getattr(method, "lr_factor", None)  # a Method's own phases (SimCLR), if any
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        (lambda s: schedule(s, lambda k: lr_factor(k, t)))
+        if schedule
+        else (lambda s: lr_factor(s, t)),
+    )
+    autocast, dtype = autocast_for(device, t.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    return Optimization(optimizer, scheduler, scaler, autocast, trainable, t.grad_clip)
+
+
+def optimizer_step(
+    loss: torch.Tensor, opt: Optimization, method: torch.nn.Module | None = None, world: int = 1
+) -> bool:
+    """Backward `loss`, clip, step the optimizer and the schedule; under DDP (`world` > 1)
+    copy rank 0's buffers of `method` to every process afterwards.
+
+    A non-finite loss or gradient norm (on any process) skips the update: the gradients are
+    dropped, the schedule still advances (the learning rate stays a function of the step), and
+    False is returned so the loop can count it. With fp16 the GradScaler handles overflowing
+    gradients itself, as usual."""
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(loss).backward()
+    finite = torch.isfinite(loss.detach()).float()
+    if opt.grad_clip > 0:
+        opt.scaler.unscale_(opt.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(opt.trainable, opt.grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in opt.trainable if p.grad is not None])
+    if not opt.scaler.is_enabled():
+        finite = finite * torch.isfinite(norm).float()
+    stepped = bool(distributed.all_min(finite, world).item())  # every process decides alike
+    if stepped:
+        opt.scaler.step(opt.optimizer)
+    else:
+        opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.update()
+    opt.scheduler.step()
+    if method is not None:
+        distributed.sync_buffers(method, world)
+    return stepped

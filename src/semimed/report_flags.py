@@ -1,0 +1,202 @@
+"""Convergence of each run and the warnings the report puts in front of its numbers.
+
+A mean over seeds says nothing about whether the runs had finished learning, nor whether the
+comparison can separate methods at all. Two checks, written as words a reader cannot miss
+(stage output, ``plots/report/results.md``, ``metrics/summary.json``):
+
+* **under-trained**: a run whose ``train.json`` says ``converged: false`` (the training loop
+  applies the rule of `semimed.convergence` and writes it; it is not recomputed here) was
+  still improving at its last evaluation, so its test score understates the method;
+* **upper bound not above baseline**: ``supervised_full`` (every label) must beat
+  ``supervised`` (the labeled subset) by more than the larger seed std of the two (at least
+  `MIN_MARGIN`); otherwise there is no gap for a semi-supervised method to close and the
+  table cannot rank methods.
+
+Runs trained before ``train.json`` carried a ``convergence`` block are *unknown*: neither
+converged nor flagged under-trained, and said so. No torch here: the report stage imports it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+LOWER, UPPER = "supervised", "supervised_full"
+MIN_MARGIN = 0.01  # smallest headline gap that counts as "above", whatever the seed std
+UNDER_TRAINED, UNKNOWN = "†", "?"  # marks after a method's name in the headline tables
+
+# train.json -> the metrics file's "training" block: (key in train.json's "convergence"
+# block, or at its top level) -> type. Numbers and bools only, so DVC can show and diff them.
+_CONVERGENCE = {
+    "evaluations": int,
+    "best_step": int,
+    "last_step": int,
+    "stopped_early": bool,
+    "converged": bool,
+    "last_quarter_gain": float,
+    "trend_per_1k_steps": float,
+    "skipped_steps": int,  # steps whose update the loop skipped (non-finite loss or gradients)
+}
+_TOP = {"max_steps": int, "budget_steps": int, "best_step": int, "last_step": int}
+
+Training = Mapping[str, Mapping[int, Mapping[str, object]]]  # [method][seed] -> block
+
+
+def _valid(value: object, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and (kind is float or float(value).is_integer())
+
+
+def _pick(source: object, spec: Mapping[str, type]) -> dict[str, int | float | bool]:
+    if not isinstance(source, Mapping):
+        return {}
+    return {key: kind(source[key]) for key, kind in spec.items() if _valid(source.get(key), kind)}
+
+
+def training_record(train_info: Mapping) -> dict[str, int | float | bool]:
+    """The convergence facts of one run's ``train.json`` as a flat dict of numbers and bools:
+    ``max_steps``, ``budget_steps``, ``best_step``, ``last_step``, ``evaluations``,
+    ``stopped_early``, ``converged``, ``last_quarter_gain``, ``trend_per_1k_steps``,
+    ``skipped_steps`` (see `semimed.convergence`).
+
+    A key that is missing (an older train.json) or of the wrong type is left out; without
+    ``converged`` the run's convergence is unknown (see `status`)."""
+    return _pick(train_info, _TOP) | _pick(train_info.get("convergence"), _CONVERGENCE)
+
+
+def run_training(run_metrics: Mapping) -> dict[str, int | float | bool]:
+    """The ``training`` block of one run's metrics file; files whose block is missing fall back
+    to the train.json copy under ``train`` (what the evaluate stage has always written)."""
+    if isinstance(block := run_metrics.get("training"), Mapping):
+        return _pick(block, _TOP | _CONVERGENCE)
+    train = run_metrics.get("train")
+    return training_record(train if isinstance(train, Mapping) else {})
+
+
+def status(record: Mapping) -> str:
+    """``"converged"``, ``"under-trained"`` (still improving at the last evaluation) or
+    ``"unknown"`` (no convergence record)."""
+    converged = record.get("converged")
+    if converged is None:
+        return "unknown"
+    return "converged" if converged else "under-trained"
+
+
+def _runs(training: Training, state: str) -> list[str]:
+    return [
+        f"{method} seed{seed}"
+        for method, seeds in training.items()
+        for seed, record in seeds.items()
+        if status(record) == state
+    ]
+
+
+def under_trained_flag(training: Training) -> str | None:
+    """``"under-trained: N of M runs were still improving at their last evaluation (...)"``
+    or None when no run is known to be under-trained."""
+    total = sum(len(seeds) for seeds in training.values())
+    bad = _runs(training, "under-trained")
+    if not bad:
+        return None
+    return (
+        f"under-trained: {len(bad)} of {total} runs were still improving at their last "
+        f"evaluation ({', '.join(bad)}); their test scores understate the method. Give them "
+        "more steps (train.steps, or the epochs budget) and rerun before comparing."
+    )
+
+
+def unknown_flag(training: Training) -> str | None:
+    """A note for runs without a convergence record (trained by an older version)."""
+    total = sum(len(seeds) for seeds in training.values())
+    unknown = _runs(training, "unknown")
+    if not unknown:
+        return None
+    which = "all of them" if len(unknown) == total else ", ".join(unknown)
+    return (
+        f"convergence unknown: {len(unknown)} of {total} runs have no convergence record in "
+        f"their train.json ({which}); retrain them to check."
+    )
+
+
+def upper_bound_flag(stats: Mapping[str, Mapping], headline: str) -> str | None:
+    """``"upper bound not above baseline: this comparison is not informative (...)"`` when
+    `UPPER`'s mean `headline` does not beat `LOWER`'s by more than ``max(std_lower,
+    std_upper, MIN_MARGIN)``; None when it does or when either did not run.
+
+    Args:
+        stats: one task of a summary, ``{method: {metric: {"mean", "std", "n"}}}``.
+    """
+    try:
+        low, high = stats[LOWER][headline], stats[UPPER][headline]
+    except KeyError:
+        return None
+    margin = max(low["std"], high["std"], MIN_MARGIN)
+    gain = high["mean"] - low["mean"]
+    if gain > margin:
+        return None
+    return (
+        "upper bound not above baseline: this comparison is not informative "
+        f"({UPPER} {headline} {high['mean']:.3f} +- {high['std']:.3f} vs {LOWER} "
+        f"{low['mean']:.3f} +- {low['std']:.3f}: a gain of {gain:+.3f}, not more than "
+        f"{margin:.3f}, the larger seed std or {MIN_MARGIN}). Train longer or label more "
+        "before ranking semi-supervised methods."
+    )
+
+
+def task_flags(stats: Mapping[str, Mapping], headline: str, training: Training) -> list[str]:
+    """Every warning for one task, most severe first."""
+    found = (
+        under_trained_flag(training),
+        upper_bound_flag(stats, headline),
+        unknown_flag(training),
+    )
+    return [flag for flag in found if flag]
+
+
+def marks(training: Training) -> dict[str, str]:
+    """``{method: mark}`` for the headline tables: `UNDER_TRAINED` when any of its runs was
+    still improving, else `UNKNOWN` when any run's convergence is unknown."""
+    out = {}
+    for method, seeds in training.items():
+        states = {status(record) for record in seeds.values()}
+        if "under-trained" in states:
+            out[method] = UNDER_TRAINED
+        elif "unknown" in states:
+            out[method] = UNKNOWN
+    return out
+
+
+def footnote(mark: Mapping[str, str]) -> str:
+    """The legend of the marks used in a table ('' when none is)."""
+    used = set(mark.values())
+    notes = []
+    if UNDER_TRAINED in used:
+        notes.append(
+            f"{UNDER_TRAINED} under-trained: at least one run of this method was still "
+            "improving at its last evaluation (see the warnings)."
+        )
+    if UNKNOWN in used:
+        notes.append(f"{UNKNOWN} convergence unknown: trained before convergence was recorded.")
+    return "".join(f"\n{n}\n" for n in notes)
+
+
+def annotate(summary_task: Mapping[str, dict], training: Training, flags: list[str]) -> dict:
+    """One task of ``metrics/summary.json``: each method's statistics plus ``runs`` and
+    ``converged_runs`` (counts), and the task's ``flags`` (list of strings)."""
+    out: dict = {}
+    for method, stats in summary_task.items():
+        seeds = training.get(method, {})
+        converged = sum(status(r) == "converged" for r in seeds.values())
+        out[method] = dict(stats) | {"runs": len(seeds), "converged_runs": converged}
+    out["flags"] = list(flags)
+    return out
+
+
+def warnings_block(flags: list[str], prefix: str = "") -> str:
+    """Markdown block quote, one bold ``WARNING`` paragraph per flag ('' when there is none)."""
+    if not flags:
+        return ""
+    return "\n>\n".join(f"> **WARNING** {prefix}{flag}" for flag in flags) + "\n\n"
