@@ -141,6 +141,35 @@ def test_exp_run_set_param_replans_and_shows(repo):
     assert "confusion.json" in plots
 
 
+def _readme_block(heading: str) -> list[str]:
+    """The command lines of the first ```bash block under README's `heading`."""
+    text = (ROOT / "README.md").read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_experiment_commands_run_as_written(repo):
+    """README's "Before `dvc exp run`" commands, typed as written in a shell whose PATH lacks
+    the environment: activating it is all `dvc exp run` needs (the stages run `python` from
+    PATH), and the experiment shows in `dvc exp show`."""
+    repo, env = repo
+    lines = _readme_block("## Before `dvc exp run`: activate the environment")
+    assert lines[0].startswith("make install") and any("activate" in x for x in lines)
+    venv = repo / ".venv"  # what `make install` makes; here the checkout's environment
+    if not venv.exists():
+        venv.symlink_to(BIN.parent)
+    bare = dict(
+        env, PATH=os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != str(BIN))
+    )
+    script = "set -e\n" + "\n".join(lines[1:])
+    out = run(["bash", "-c", script], repo, bare)
+    assert "Running stage 'train_classification@supervised-0'" in out
+    shown = run(["dvc", "exp", "show", "--csv"], repo, env)
+    exp_cmd = next(x for x in lines if x.startswith("dvc exp run"))
+    value = exp_cmd.split("=")[-1]
+    assert value in shown
+
+
 def test_bad_params_stop_a_stage_with_one_line(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["classification"]["train"]["optimizer"] = "adamx"
