@@ -113,7 +113,7 @@ def train_run(
         live = None  # DVCLive: rank 0 only
         if lead:
             live = Live(str(live_dir), resume=start > 0, dvcyaml=False, save_dvc_exp=False)
-        done, final = start, None
+        done = start
         with live or contextlib.nullcontext():
             bar = tqdm(
                 range(start, t.steps),
@@ -190,19 +190,15 @@ def train_run(
                             "processes": processes,
                         }
                         if finished:  # a finished run restores from its checkpoint alone
-                            final = _summary(cfg, t, best, tracker, elapsed, fp)
-                            final.update(
-                                method=method_name, seed=seed, device=_device(device, world)
-                            )
-                            ckpt["summary"] = final
+                            ckpt["summary"] = _summary(cfg, t, best, tracker, elapsed, fp)
+                            ckpt["summary"].update(method=method_name, seed=seed)
+                            ckpt["summary"]["device"] = _device(device, world)
                         checkpoint.save(ckpt, last)
                 if finished:
                     break
         best = distributed.gather(best, world)[0]  # rank 0 validated
-        summary = final  # rank 0's, also written into the last checkpoint
-        if summary is None:  # the other processes
-            summary = _summary(cfg, t, best, tracker, seconds + time.perf_counter() - began, fp)
-            summary.update(method=method_name, seed=seed, device=_device(device, world))
+        summary = _summary(cfg, t, best, tracker, seconds + time.perf_counter() - began, fp)
+        summary.update(method=method_name, seed=seed, device=_device(device, world))
         if lead:
             write_json_atomic(model_dir / "train.json", summary)
             if tracker.stopped:
