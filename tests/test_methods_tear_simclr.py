@@ -1,5 +1,7 @@
 """TEAR and SimCLR on tiny 16x16 images, and their shared helpers (NT-Xent, k-means, IPH)."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -385,6 +387,21 @@ def test_simclr_switches_on_plateau_after_patience_windows():
     # set step 6's learning rate already, so the probe starts at step 7.
     assert phases == [1, 1, 1, 1, 1, 1, 1, 2]
     assert method.phase == 2 and method.probe_start == 7
+
+
+def test_simclr_window_mean_leaves_out_a_skipped_non_finite_step():
+    """A NaN loss (a step the loop skips) neither poisons the window sum nor counts in it."""
+    method = make(SimCLR, window=2, patience=5)
+    batch = make_batch()
+    finite = method.training_step(batch, 0)["contrastive"].item()
+    method.on_step_end(0)
+    bad = {k: v.clone() for k, v in batch.items()}
+    bad["x_ulb_s"][0] = float("nan")
+    assert not math.isfinite(method.training_step(bad, 1)["contrastive"].item())
+    assert math.isfinite(method.window_sum.item()) and method.window_steps.item() == 1
+    method.on_step_end(1)  # window closes: its mean is the one finite step's loss
+    assert math.isclose(method.best_window.item(), finite, rel_tol=1e-5)
+    assert method.window_sum.item() == 0.0 and method.window_steps.item() == 0
 
 
 def test_simclr_improving_windows_keep_pretraining_until_max_fraction():

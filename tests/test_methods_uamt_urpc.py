@@ -96,15 +96,16 @@ def test_uamt_masks_uncertain_voxels_and_the_threshold_ramps():
     assert math.isclose(method.threshold(1.0), math.log(3))
     w0 = method.training_step(make_batch(), 0)["weight"].item()
     w10 = method.training_step(make_batch(), 10)["weight"].item()
-    assert math.isclose(w0, 0.1 * math.exp(-5), rel_tol=1e-5)
-    assert math.isclose(w10, 0.1, rel_tol=1e-6)
+    assert math.isclose(w0, 1.0 * math.exp(-5), rel_tol=1e-5)
+    assert math.isclose(w10, 1.0, rel_tol=1e-6)
 
 
-def test_masked_softmax_mse_averages_classes_at_kept_voxels():
+def test_masked_softmax_mse_sums_classes_at_kept_voxels():
     logits = torch.zeros(1, 2, 2, requires_grad=True)  # softmax 0.5 everywhere
     target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # voxel 0 -> class 0, voxel 1 -> class 1
     mask = torch.tensor([[[1.0, 0.0]]])
-    assert math.isclose(masked_softmax_mse(logits, target, mask).item(), 0.25, rel_tol=1e-6)
+    # kept voxel 0: (0.5 - 1)^2 + (0.5 - 0)^2 = 0.5 (the class mean was 0.25)
+    assert math.isclose(masked_softmax_mse(logits, target, mask).item(), 0.5, rel_tol=1e-6)
     empty = masked_softmax_mse(logits, target, torch.zeros_like(mask))
     assert empty.item() == 0.0 and empty.requires_grad
 

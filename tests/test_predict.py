@@ -215,6 +215,13 @@ def _nifti(path: Path, shape) -> list[Path]:
     return [path]
 
 
+def _nan_volume(path: Path) -> list[Path]:
+    data = np.full((16, 16, 16), 100.0, np.float32)  # soft tissue, inside the window
+    data[8, 8, 8] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return [path]
+
+
 # case -> (model, inputs made in tmp_path, what the one line says)
 BAD = {
     "unreadable volume": (
@@ -227,6 +234,7 @@ BAD = {
     "2 channels": ("seg", lambda t: _nifti(t / "a.nii", (8, 8, 8, 2)), "has 2 channels"),
     "not a volume": ("seg", lambda t: [_garbage(t / "in" / "x.png")], "not a NIfTI volume"),
     "missing input": ("seg", lambda t: [t / "nope.nii.gz"], "no such file"),
+    "NaN voxels": ("seg", lambda t: _nan_volume(t / "nan.nii.gz"), "NaN or infinite voxels"),
 }
 
 

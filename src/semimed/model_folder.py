@@ -87,6 +87,7 @@ def model_card(cfg, data, method_name: str, train_info: dict, weights_sha256: st
             "orientation": "RAS",
             "spacing": list(cfg.preprocess.spacing),  # mm (x, y, z)
             "window": list(cfg.preprocess.window),  # intensity window -> [0, 1]
+            "nan_policy": cfg.preprocess.nan_policy,  # non-finite voxels: error | zero
             "crop": "foreground, margin 2",
         }
         inference = {

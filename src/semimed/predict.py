@@ -115,7 +115,8 @@ def segment_volume(
     file's own grid; probabilities are resampled back linearly (background = 1 - the rest)."""
     pre, card = loaded.card["preprocess"], loaded.card
     try:
-        image = preprocess_volume(path, pre["spacing"], pre["window"])
+        fill = pre.get("nan_policy", "error") == "zero"
+        image = preprocess_volume(path, pre["spacing"], pre["window"], fill_nonfinite=fill)
     except ConfigError as err:
         raise PredictError(str(err)) from None
     inference = card["inference"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureTyped
+from monai.transforms import Compose, EnsureTyped, Lambdad
 from monai.transforms.utils import convert_applied_interp_mode
 from monai.utils import TraceKeys
 
@@ -33,18 +33,33 @@ def error_cause(err: BaseException) -> str:
     return f"{err.__class__.__name__}: {text}"[:200] if text else err.__class__.__name__
 
 
+def _finite(image):
+    if not torch.isfinite(torch.as_tensor(image)).all():
+        raise ValueError("NaN or infinite voxels (segmentation.preprocess.nan_policy: error)")
+    return image
+
+
 @functools.lru_cache(maxsize=4)
-def volume_chain(spacing: tuple[float, ...], window: tuple[float, ...]) -> Compose:
+def volume_chain(
+    spacing: tuple[float, ...], window: tuple[float, ...], fill_nonfinite: bool = False
+) -> Compose:
     """Training's `segmentation_chain` (image only) without its final conversion to NumPy,
     so its output keeps MONAI's record of the spatial steps applied (for the inverse)."""
-    chain = segmentation_chain(spacing, window, labeled=False)
+    chain = segmentation_chain(spacing, window, labeled=False, fill_nonfinite=fill_nonfinite)
+    if not fill_nonfinite:  # never run a network on NaN: refuse right after loading
+        chain = Compose([chain.transforms[0], Lambdad("image", _finite), *chain.transforms[1:]])
     return Compose([t for t in chain.transforms if not isinstance(t, EnsureTyped)])
 
 
-def preprocess_volume(path: str | Path, spacing, window) -> MetaTensor:
+def preprocess_volume(
+    path: str | Path, spacing, window, fill_nonfinite: bool = False
+) -> MetaTensor:
     """A NIfTI volume -> (1, X', Y', Z') float32 in [0, 1], RAS, `spacing` mm, cropped to the
-    body: exactly what training saw, plus its metadata and applied operations."""
-    chain = volume_chain(tuple(float(s) for s in spacing), tuple(float(w) for w in window))
+    body: exactly what training saw, plus its metadata and applied operations.
+    `fill_nonfinite`: the `nan_policy: zero` fill of training's chain (NaN stay otherwise)."""
+    chain = volume_chain(
+        tuple(float(s) for s in spacing), tuple(float(w) for w in window), fill_nonfinite
+    )
     try:
         image = chain({"image": str(path)})["image"]
     except Exception as err:
@@ -96,7 +111,8 @@ def labels_in_original_space(
     if not isinstance(image, MetaTensor):
         if spacing is None or window is None:
             raise ValueError("labels_in_original_space: a path needs spacing and window")
-        image = preprocess_volume(image, spacing, window)
+        # Only the geometry is used here: non-finite intensities are filled, not refused.
+        image = preprocess_volume(image, spacing, window, fill_nonfinite=True)
     labels = torch.as_tensor(np.asarray(labels))
     labels = labels[None] if labels.ndim == 3 else labels
     if tuple(labels.shape[1:]) != tuple(image.shape[1:]):

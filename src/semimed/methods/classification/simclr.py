@@ -107,6 +107,8 @@ class SimCLR(Method):
         )
         self.register_buffer("phase", torch.tensor(PRETRAIN))
         self.register_buffer("window_sum", torch.zeros(()))  # contrastive loss summed this window
+        # finite losses summed into this window
+        self.register_buffer("window_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("best_window", torch.tensor(float("inf")))  # best window mean
         self.register_buffer("stale_windows", torch.zeros((), dtype=torch.long))
         # Planned pretraining steps: the probe starts here unless a plateau comes first.
@@ -148,7 +150,10 @@ class SimCLR(Method):
             [len(x_a), len(x_b)]
         )
         contrastive = nt_xent(z_a, z_b, self.params.temperature)
-        self.window_sum += contrastive.detach().float()
+        # A non-finite loss (a step the loop skips) adds 0 and does not count in the window.
+        finite = contrastive.detach().float().isfinite()
+        self.window_sum += torch.where(finite, contrastive.detach().float(), 0.0)
+        self.window_steps += finite.long()
         zero = contrastive.new_zeros(())
         return {
             "loss": contrastive,
@@ -162,8 +167,10 @@ class SimCLR(Method):
             return
         done, p = step + 1, self.params
         if done % p.window == 0:  # one host sync per window
-            mean = float(self.window_sum) / p.window
+            counted = int(self.window_steps)
+            mean = float(self.window_sum) / counted if counted else float("inf")
             self.window_sum.zero_()
+            self.window_steps.zero_()
             if mean < float(self.best_window) - p.min_delta:
                 self.best_window.fill_(mean)
                 self.stale_windows.zero_()

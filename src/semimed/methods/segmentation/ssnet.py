@@ -23,7 +23,9 @@ included, pooled over the batch):
   z_i = prediction(projection(.)) of class c and memory entries m_j of class c, a_i, b_j the
   sigmoid scores of two learned selectors, each rescaled to mean 1;
 * loss = Dice(f(x_l), y) + w * (lds + contrast_weight * (contrast_l + contrast_u)), w = 1.
-  DHC computes a CE term but leaves it out of the loss (``sup_ce_weight`` 0).
+  DHC computes a CE term but leaves it out of the loss (``sup_ce_weight`` 0). The supervised
+  Dice is DHC's form by default (``dice``: batch, no background, smooth 1; see
+  ``losses.DICE_FORMS``).
 
 Differences: DHC's network hands its last decoder feature map to the heads; ours come unchanged
 from ``net_factory`` and have no full-resolution feature map before the output layer, so the
@@ -50,8 +52,8 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import Tensor, nn
 
-from semimed.config.checks import Checked, Range
-from semimed.losses import hard_labels, ramped_terms, weighted_dice_ce, with_unsup_ratio
+from semimed.config.checks import Checked, OneOf, Range
+from semimed.losses import DICE_FORMS, hard_labels, ramped_terms, weighted_dice_ce, with_unsup_ratio
 from semimed.methods.base import Method
 
 # Soft Dice between two probability maps, background included, pooled over the batch (DHC).
@@ -114,6 +116,8 @@ class SSNet(Method):
         feat_dim: Annotated[int, Range(ge=1)] = 64
         # CE beside the supervised Dice (DHC: 0)
         sup_ce_weight: Annotated[float, Range(ge=0)] = 0.0
+        # Dice of the supervised term (losses.DICE_FORMS; DHC's code: dhc)
+        dice: Annotated[str, OneOf(*DICE_FORMS)] = "dhc"
         # voxels drawn per part for separation (DHC: all = 0)
         contrast_voxels: Annotated[int, Range(ge=0)] = 4096
 
@@ -215,7 +219,7 @@ class SSNet(Method):
         n = len(x_lb)
         p = self.params
         logits = self.net(x)
-        sup = weighted_dice_ce(logits[:n], y_lb, None, 1.0, p.sup_ce_weight)
+        sup = weighted_dice_ce(logits[:n], y_lb, None, 1.0, p.sup_ce_weight, p.dice)
         lds = self.smoothness_loss(x, logits.detach().float().softmax(1))
         separation = self.separation_loss(logits, y_lb, n)
         unsup = lds + p.contrast_weight * separation
