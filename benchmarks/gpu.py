@@ -36,10 +36,11 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.steps import StepRunner
-from semimed import build, paths
+from semimed import build, paths, runtime
 from semimed.build import load_task
 from semimed.config import TASKS
 from semimed.data.loaders import train_batches
+from semimed.data.prefetch import Prefetcher
 from semimed.data.taskdata import load_task_data
 from semimed.io import write_bytes_atomic, write_json_atomic
 
@@ -151,17 +152,27 @@ def bench_method(cfg, data, name: str, device: torch.device, steps: tuple, peak)
     """One row: ms/step with the stream and on a fixed batch, the stream alone, FLOPs."""
     warm, n = steps
     runner = StepRunner(cfg, data, name, device)
-    stream = train_batches(data, cfg, build.stream_spec(runner.cls), seed=1, device=device)
+    if cfg.train.compile:
+        runtime.compile_networks(runner.method)
+    spec = build.stream_spec(runner.cls)
+    raw = train_batches(data, cfg, spec, seed=2, device=device)  # timed alone
+    stream = train_batches(data, cfg, spec, seed=1, device=device)
+    if cfg.train.prefetch:  # as the loop: drawn ahead in a thread
+        stream = Prefetcher(stream, cfg.train.prefetch)
 
     def streamed():
         runner.batch = next(stream)
         runner.step()
 
-    for _ in range(warm):
-        streamed()
-    fixed = _ms(runner.step, n, device)
-    with_stream = _ms(streamed, n, device)
-    alone = _ms(lambda: next(stream), n, device)
+    began = time.perf_counter()
+    streamed()  # the first step: compilation, when on
+    first = time.perf_counter() - began
+    with contextlib.closing(stream):
+        for _ in range(warm):
+            streamed()
+        fixed = _ms(runner.step, n, device)
+        with_stream = _ms(streamed, n, device)
+    alone = _ms(lambda: next(raw), n, device)
     with FlopCounterMode(display=False) as counter:
         runner.step()
     gflop = counter.get_total_flops() / 1e9
@@ -173,6 +184,9 @@ def bench_method(cfg, data, name: str, device: torch.device, steps: tuple, peak)
         "data_share": round(max(0.0, 1.0 - fixed / with_stream), 3),
         "gflop": round(gflop, 3),
         "peak_share": None if peak is None else round(gflop * 1e9 / (fixed / 1e3) / peak, 4),
+        "first_step_s": round(first, 2),
+        "prefetch": cfg.train.prefetch,
+        "compile": cfg.train.compile,
     }
 
 
@@ -241,13 +255,16 @@ def markdown(res: dict) -> str:
         f"{res['seconds']:.0f} s."
     ]
     header = "| method | ms/step | ms/step on a fixed batch | data stream ms | data share "
-    header += "| GFLOP/step | share of bf16 peak |"
+    header += "| GFLOP/step | share of bf16 peak | first step s |"
     for task, t in res["tasks"].items():
-        lines += ["", f"**{task}** ({t['sizes']})", "", header, "| --- |" + " ---: |" * 6]
+        first = t["methods"][0] if t["methods"] else {}
+        knobs = f"prefetch {first.get('prefetch', 0)}, compile {first.get('compile', False)}"
+        lines += ["", f"**{task}** ({t['sizes']}; {knobs})", "", header]
+        lines.append("| --- |" + " ---: |" * 7)
         for r in t["methods"]:
             lines.append(
                 f"| {r['method']} | {r['step_ms']:.1f} | {r['fixed_batch_ms']:.1f} | "
                 f"{r['stream_ms']:.1f} | {_pct(r['data_share'])} | {r['gflop']:,.2f} | "
-                f"{_pct(r['peak_share'])} |"
+                f"{_pct(r['peak_share'])} | {r['first_step_s']:.1f} |"
             )
     return "\n".join(lines) + "\n"

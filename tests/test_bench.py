@@ -225,6 +225,7 @@ def test_gpu_mode_runs_on_cpu_with_tiny_sizes(tmp_path):
         for key in ("step_ms", "fixed_batch_ms", "stream_ms", "gflop"):
             assert _positive(r[key]), (r["method"], key, r)
         assert 0.0 <= r["data_share"] < 1.0 and r["peak_share"] is None
+        assert r["prefetch"] == 2 and r["first_step_s"] > 0  # the gpu preset prefetches
     md = (tmp_path / "out" / "bench_gpu.md").read_text()
     assert "GPU bench mode on **CPU" in md and "| cps |" in md and "n/a |" in md
     saved = json.loads((tmp_path / "out" / "bench_gpu.json").read_text())

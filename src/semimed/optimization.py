@@ -14,6 +14,11 @@ from semimed.runtime import autocast_for
 
 
 def build_optimizer(params, t) -> torch.optim.Optimizer:
+    """`t.optimizer` over `params`; on CUDA the fused kernels (one launch per step for all
+    parameters; PyTorch's default there is the multi-tensor `foreach` path), on the CPU
+    PyTorch's default implementation."""
+    params = list(params)
+    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
     if t.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -21,9 +26,10 @@ def build_optimizer(params, t) -> torch.optim.Optimizer:
             momentum=t.momentum,
             nesterov=t.momentum > 0,
             weight_decay=t.weight_decay,
+            **fused,
         )
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
 
 
 def lr_factor(step: int, t) -> float:

@@ -80,3 +80,16 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate((version, tuple(internal.tolist()), gauss))
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# torch.compile backend of `compile_networks` (tests use "eager": no C++ compiler needed)
+COMPILE_BACKEND = "inductor"
+
+
+def compile_networks(method: torch.nn.Module) -> None:
+    """`torch.compile` each network a method holds (its direct sub-modules with parameters:
+    student, teacher, second network, heads), in place: `Module.compile` keeps the
+    parameter names, so checkpoints and model folders are the same as without it."""
+    for child in method.children():
+        if any(True for _ in child.parameters()):
+            child.compile(backend=COMPILE_BACKEND)

@@ -40,9 +40,10 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from semimed import build, checkpoint, convergence, distributed
+from semimed import build, checkpoint, convergence, distributed, runtime
 from semimed.config import TaskConfig
 from semimed.data.loaders import TaskData, train_batches
+from semimed.data.prefetch import Prefetcher
 from semimed.inference import validation_score
 from semimed.io import write_json_atomic
 from semimed.optimization import make_optimization, optimizer_step
@@ -87,6 +88,10 @@ def train_run(
         if rank:  # the same initial weights, but each process its own dropout masks
             seed_everything(seed * 1_000_003 + rank)
         batches = train_batches(data, cfg, build.stream_spec(method_cls), seed, device, rank, world)
+        if cfg.train.prefetch:
+            batches = Prefetcher(batches, cfg.train.prefetch)
+        if cfg.train.compile:
+            runtime.compile_networks(method)
         steps = convergence.budget(cfg.train.steps, cfg.train.epochs, _pools(batches))
         t = replace(cfg.train, steps=steps)
         opt = make_optimization(method, t, device)  # the schedule spans the budget
@@ -114,7 +119,8 @@ def train_run(
         if lead:
             live = Live(str(live_dir), resume=start > 0, dvcyaml=False, save_dvc_exp=False)
         done = start
-        with live or contextlib.nullcontext():
+        first_step = None  # wall time of this process's first step (compilation included)
+        with live or contextlib.nullcontext(), contextlib.closing(batches):
             bar = tqdm(
                 range(start, t.steps),
                 initial=start,
@@ -130,6 +136,8 @@ def train_run(
                 with opt.autocast():
                     terms = step_fn(batch, step)
                 stepped = optimizer_step(terms["loss"], opt, method, world)
+                if first_step is None and cfg.train.compile:
+                    first_step = time.perf_counter() - began
                 _count_skip(tracker, stepped, step, run, cfg.task, t.max_nonfinite)
                 if stepped:
                     method.on_step_end(step)
@@ -193,12 +201,18 @@ def train_run(
                             ckpt["summary"] = _summary(cfg, t, best, tracker, elapsed, fp)
                             ckpt["summary"].update(method=method_name, seed=seed)
                             ckpt["summary"]["device"] = _device(device, world)
+                            if first_step is not None:
+                                ckpt["summary"]["compile_first_step_seconds"] = round(
+                                    first_step, 2
+                                )
                         checkpoint.save(ckpt, last)
                 if finished:
                     break
         best = distributed.gather(best, world)[0]  # rank 0 validated
         summary = _summary(cfg, t, best, tracker, seconds + time.perf_counter() - began, fp)
         summary.update(method=method_name, seed=seed, device=_device(device, world))
+        if first_step is not None:
+            summary["compile_first_step_seconds"] = round(first_step, 2)
         if lead:
             write_json_atomic(model_dir / "train.json", summary)
             if tracker.stopped:

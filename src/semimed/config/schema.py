@@ -196,6 +196,12 @@ class Train(Checked):
     min_delta: Annotated[float, Range(ge=0)] = 0.0
     # consecutive non-finite steps (skipped) before the run stops
     max_nonfinite: Annotated[int, Range(ge=1)] = 20
+    # batches drawn ahead in a background thread (semimed.data.prefetch; 0: none). Changes
+    # no number: the stream has its own random generators
+    prefetch: Annotated[int, Range(ge=0, le=8, note="batches; 0 disables")] = 0
+    # torch.compile the method's networks (Module.compile, in place); the first step's wall
+    # time (compilation included) goes to train.json
+    compile: bool = False
 
     def cross_checks(self) -> None:
         require(

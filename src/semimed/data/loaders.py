@@ -228,6 +228,9 @@ class TrainStream:
             "transforms": [numpy_rng_state(t.R) for t in self._random_parts()],
         }
 
+    def close(self) -> None:
+        """Nothing to release (`Prefetcher.close` stops its thread): the loop closes either."""
+
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["generator"])
         streams = [s for s in (self.lab_stream, self.ulb_stream) if s is not None]

@@ -1,0 +1,151 @@
+"""GPU-path options that must change no number: batches prefetched in a thread
+(`train.prefetch`), `torch.compile` of the networks (`train.compile`), fused optimizers on
+CUDA only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+from test_data_and_train import prepared  # noqa: F401  (module fixture: tiny data stages)
+
+from semimed import checkpoint, runtime
+from semimed.data.loaders import train_batches
+from semimed.data.prefetch import Prefetcher
+from semimed.data.taskdata import load_task_data
+from semimed.methods import get_method
+from semimed.optimization import build_optimizer
+from semimed.train import train_run
+
+
+def _stream(prepared, task, batch_size=2):  # noqa: F811
+    cfg, processed, splits = prepared[task]
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size))
+    data = load_task_data(cfg, processed, splits)
+    method = get_method(task, "fixmatch" if task == "classification" else "mean_teacher")
+    return lambda: train_batches(data, cfg, method, 0, "cpu")
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_prefetched_batches_and_resume_point_are_the_streams(prepared, task):  # noqa: F811
+    make = _stream(prepared, task)
+    plain, ahead = make(), Prefetcher(make(), depth=3)
+    try:
+        for _ in range(2):
+            assert _equal(next(plain), next(ahead))
+        # the thread has drawn up to 3 batches further; the resume point is after 2
+        state = ahead.state_dict()
+        want = [next(plain) for _ in range(3)]
+        assert all(_equal(w, next(ahead)) for w in want)
+    finally:
+        ahead.close()
+    resumed = Prefetcher(make(), depth=2)
+    resumed.load_state_dict(state)
+    try:
+        assert all(_equal(w, next(resumed)) for w in want)
+        assert resumed.lab_stream is resumed.stream.lab_stream  # the stream's attributes
+    finally:
+        resumed.close()
+
+
+def test_prefetch_raises_the_streams_error_at_that_batch():
+    class Failing:
+        def __init__(self):
+            self.n = 0
+
+        def state_dict(self):
+            return {"n": self.n}
+
+        def __next__(self):
+            self.n += 1
+            if self.n == 3:
+                raise ValueError("bad volume")
+            return self.n
+
+    ahead = Prefetcher(Failing(), depth=4)
+    assert [next(ahead), next(ahead)] == [1, 2]
+    with pytest.raises(ValueError, match="bad volume"):
+        next(ahead)
+    with pytest.raises(ValueError):
+        Prefetcher(Failing(), depth=0)
+
+
+def _files(model_dir, live_dir) -> dict:
+    """best.pt tensors and DVCLive files (train.json holds the params' fingerprint)."""
+    out = {"best": torch.load(model_dir / "best.pt", weights_only=True)}
+    for f in sorted(live_dir.rglob("*")):
+        if f.is_file():
+            out[str(f.relative_to(live_dir))] = f.read_bytes()
+    return out
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and _equal(a["best"], b["best"]) and all(
+        a[k] == b[k] for k in a if k != "best"
+    )
+
+
+def test_training_with_prefetch_is_identical_and_resumes_exactly(
+    prepared, tmp_path, monkeypatch  # noqa: F811
+):
+    cfg, processed, splits = prepared["segmentation"]
+    data = load_task_data(cfg, processed, splits)
+    files = [processed / "manifest.json", splits]
+
+    def run(name, prefetch, **kw):
+        t = dataclasses.replace(cfg.train, prefetch=prefetch, checkpoint_every=1, **kw)
+        c = dataclasses.replace(cfg, train=t)
+        d = tmp_path / name
+        train_run(c, data, "mean_teacher", 0, d / "model", d / "live", files, d / "scratch")
+        return _files(d / "model", d / "live")
+
+    plain = run("plain", 0)
+    assert _same(run("ahead", 2), plain)
+
+    crash, save = cfg.train.eval_every, checkpoint.save  # killed writing that step's last.pt
+
+    def dying_save(obj, path):
+        if path.name == "last.pt" and obj["step"] == crash:
+            raise KeyboardInterrupt
+        save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run("killed", 2)
+    monkeypatch.undo()
+    assert _same(run("killed", 2), plain)  # resumed from step crash - 1, prefetching again
+
+
+def test_compiled_networks_keep_names_and_numbers(prepared, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(runtime, "COMPILE_BACKEND", "eager")  # no C++ toolchain needed
+    cfg, processed, splits = prepared["classification"]
+    data = load_task_data(cfg, processed, splits)
+    files = [processed / "manifest.json", splits]
+    out = {}
+    for compiled in (False, True):
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compiled))
+        d = tmp_path / str(compiled)
+        out[compiled] = train_run(c, data, "supervised", 0, d / "m", d / "l", files, d / "s")
+        out[compiled, "best"] = torch.load(d / "m" / "best.pt", weights_only=True)
+        info = json.loads((d / "m" / "train.json").read_text())
+        assert ("compile_first_step_seconds" in info) is compiled
+        shutil.rmtree(d / "s")
+    assert out[True]["compile_first_step_seconds"] > 0
+    assert _equal(out[False, "best"], out[True, "best"])  # same names, same weights
+
+
+def test_fused_optimizer_only_on_cuda():
+    t = dataclasses.make_dataclass("T", ["optimizer", "lr", "momentum", "weight_decay"])
+    for name in ("sgd", "adamw"):
+        opt = build_optimizer([torch.nn.Parameter(torch.zeros(3))], t(name, 0.1, 0.9, 0.0))
+        assert not opt.defaults.get("fused")  # CPU: PyTorch's default path
+    if torch.cuda.is_available():
+        p = torch.nn.Parameter(torch.zeros(3, device="cuda"))
+        assert build_optimizer([p], t("adamw", 0.1, 0.9, 0.0)).defaults["fused"]
