@@ -65,6 +65,21 @@ def write_params(repo: Path, params: dict) -> None:
     (repo / "conf" / "config.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
 
 
+def die_writing_last_pt(monkeypatch, step: int) -> None:
+    """Make `semimed.checkpoint.save` raise KeyboardInterrupt when it writes the last.pt of
+    `step` (a run killed mid-checkpoint); `monkeypatch.undo()` restores it."""
+    from semimed import checkpoint
+
+    save = checkpoint.save
+
+    def dying_save(obj, path):
+        if path.name == "last.pt" and obj["step"] == step:
+            raise KeyboardInterrupt
+        save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "save", dying_save)
+
+
 def merge(base: dict, over: dict) -> dict:
     """Recursively update `base` with `over` (lists and scalars replace)."""
     for k, v in over.items():

@@ -177,7 +177,7 @@ def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys, 
     at k and leaves the same files as an uninterrupted run; a truncated last.pt restarts it."""
     import dataclasses
 
-    from semimed import checkpoint
+    from conftest import die_writing_last_pt
 
     cfg, processed, splits = prepared[task]
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=1))
@@ -198,14 +198,8 @@ def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys, 
 
     # killed while writing last.pt right after the first validation: best.pt and DVCLive
     # rows of that step exist, last.pt holds the step before
-    crash, save = cfg.train.eval_every, checkpoint.save
-
-    def dying_save(obj, path):
-        if path.name == "last.pt" and obj["step"] == crash:
-            raise KeyboardInterrupt
-        save(obj, path)
-
-    monkeypatch.setattr(checkpoint, "save", dying_save)
+    crash = cfg.train.eval_every
+    die_writing_last_pt(monkeypatch, crash)
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, data, method, 0, model_dir, live_dir, files)
     monkeypatch.undo()

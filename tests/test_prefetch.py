@@ -10,9 +10,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import die_writing_last_pt
 from test_data_and_train import prepared  # noqa: F401  (module fixture: tiny data stages)
 
-from semimed import checkpoint, runtime
+from semimed import runtime
 from semimed.data.loaders import train_batches
 from semimed.data.prefetch import Prefetcher
 from semimed.data.taskdata import load_task_data
@@ -109,14 +110,8 @@ def test_training_with_prefetch_is_identical_and_resumes_exactly(
     plain = run("plain", 0)
     assert _same(run("ahead", 2), plain)
 
-    crash, save = cfg.train.eval_every, checkpoint.save  # killed writing that step's last.pt
-
-    def dying_save(obj, path):
-        if path.name == "last.pt" and obj["step"] == crash:
-            raise KeyboardInterrupt
-        save(obj, path)
-
-    monkeypatch.setattr(checkpoint, "save", dying_save)
+    crash = cfg.train.eval_every  # killed writing that step's last.pt
+    die_writing_last_pt(monkeypatch, crash)
     with pytest.raises(KeyboardInterrupt):
         run("killed", 2)
     monkeypatch.undo()
