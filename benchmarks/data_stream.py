@@ -47,7 +47,10 @@ def bench_data(cfg, work: Path, data, items: int, batches: int, volumes: int) ->
     dense = spec(cfg.task).dense
     ingested = work / paths.ingested(cfg.task)
     unit = "volumes" if dense else "images"
-    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(work):  # manifest paths are relative
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.chdir(work),
+    ):  # manifest paths are relative
         manifest, secs = timed(lambda: pp.preprocess(cfg, ingested, Path(tmp) / "processed"))
     n = len(manifest["records"])
     out = {"unit": unit, "preprocess": {"items": n, "seconds": round(secs, 2), "per_s": n / secs}}

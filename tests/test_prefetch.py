@@ -88,13 +88,17 @@ def _files(model_dir, live_dir) -> dict:
 
 
 def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and _equal(a["best"], b["best"]) and all(
-        a[k] == b[k] for k in a if k != "best"
+    return (
+        a.keys() == b.keys()
+        and _equal(a["best"], b["best"])
+        and all(a[k] == b[k] for k in a if k != "best")
     )
 
 
 def test_training_with_prefetch_is_identical_and_resumes_exactly(
-    prepared, tmp_path, monkeypatch  # noqa: F811
+    prepared,
+    tmp_path,
+    monkeypatch,  # noqa: F811
 ):
     cfg, processed, splits = prepared["segmentation"]
     data = load_task_data(cfg, processed, splits)

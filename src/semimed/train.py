@@ -202,9 +202,7 @@ def train_run(
                             ckpt["summary"].update(method=method_name, seed=seed)
                             ckpt["summary"]["device"] = _device(device, world)
                             if first_step is not None:
-                                ckpt["summary"]["compile_first_step_seconds"] = round(
-                                    first_step, 2
-                                )
+                                ckpt["summary"]["compile_first_step_seconds"] = round(first_step, 2)
                         checkpoint.save(ckpt, last)
                 if finished:
                     break
