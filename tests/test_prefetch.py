@@ -96,9 +96,9 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_training_with_prefetch_is_identical_and_resumes_exactly(
-    prepared,
+    prepared,  # noqa: F811
     tmp_path,
-    monkeypatch,  # noqa: F811
+    monkeypatch,
 ):
     cfg, processed, splits = prepared["segmentation"]
     data = load_task_data(cfg, processed, splits)
