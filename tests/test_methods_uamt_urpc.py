@@ -219,3 +219,17 @@ def test_urpc_fits_a_fixed_batch():
 def test_urpc_params_rejected(field, value):
     with pytest.raises(ValueError, match=f"^{field}: must"):
         URPC.Params(**{field: value})
+
+
+@pytest.mark.parametrize("shape,size", [((2, 3, 4, 8, 5), (16, 16, 20)), ((2, 3, 5, 4), (20, 8))])
+def test_separable_upsampling_equals_trilinear(shape, size):
+    """URPC's auxiliary outputs: one 1D pass per axis gives F.interpolate's bi/trilinear."""
+    from semimed.networks.segmentation import upsample_linear
+
+    x = torch.randn(shape, requires_grad=True)
+    mode = "trilinear" if len(shape) == 5 else "bilinear"
+    want = torch.nn.functional.interpolate(x, size=size, mode=mode, align_corners=False)
+    got = upsample_linear(x, size)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6)
+    g_want, g_got = (torch.autograd.grad(y.square().sum(), x)[0] for y in (want, got))
+    assert torch.allclose(g_got, g_want, atol=1e-5)

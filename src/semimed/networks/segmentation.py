@@ -62,12 +62,24 @@ class UNetDeepSupervision(nn.Module):
             return main
         # Hooks fire innermost level first; report coarse levels after finer ones.
         feats, self._captured = self._captured[::-1], []
-        mode = "trilinear" if main.dim() == 5 else "bilinear"
-        aux = [
-            F.interpolate(head(f), size=main.shape[2:], mode=mode, align_corners=False)
-            for head, f in zip(self.heads, feats, strict=True)
-        ]
+        pairs = zip(self.heads, feats, strict=True)
+        aux = [upsample_linear(head(f), main.shape[2:]) for head, f in pairs]
         return torch.stack([main, *aux], dim=1)
+
+
+def upsample_linear(x: Tensor, size) -> Tensor:
+    """Bi-/trilinear resize of x (B, C, *spatial) to `size` (align_corners=False), as
+    URPC's reference upsamples its auxiliary outputs (SSL4MIS: ``nn.Upsample(mode=
+    'trilinear')``), computed as one 1D linear interpolation per axis: the same values
+    within float rounding (the trilinear weights are the product of the 1D ones), at about
+    2.5x less CPU time forward + backward than ``F.interpolate(mode="trilinear")``, whose
+    backward was most of URPC's extra cost per step."""
+    for axis, n in enumerate(size, start=2):
+        moved = x.movedim(axis, -1)
+        flat = moved.reshape(-1, 1, moved.shape[-1])
+        out = F.interpolate(flat, size=int(n), mode="linear", align_corners=False)
+        x = out.reshape(*moved.shape[:-1], int(n)).movedim(-1, axis)
+    return x
 
 
 def _out_channels(layer: nn.Module) -> int:

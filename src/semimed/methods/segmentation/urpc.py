@@ -21,9 +21,11 @@ p_mean), is also found in write-ups); the first mean runs over classes and voxel
 over voxels, so L_s averages the squared error over classes; nothing is detached, so p_mean,
 the weights and u_s all carry gradients, as in the reference.
 
-Differences from that code: the supervised term is our Dice + CE (sum of the two) per scale,
-MONAI's per-sample Dice by default; the reference halves it ((CE + Dice) / 2 per scale) with
-a batch Dice: ``dice="ssl4mis"`` reproduces that. S = 1 + K follows ``channels`` (3 for the
+Differences from that code: the auxiliary outputs are upsampled one axis at a time
+(``networks.segmentation.upsample_linear``: trilinear up to float rounding, cheaper); the
+supervised term is our Dice + CE (sum of the two) per scale, MONAI's per-sample Dice by
+default; the reference halves it ((CE + Dice) / 2 per scale) with a batch Dice:
+``dice="ssl4mis"`` reproduces that. S = 1 + K follows ``channels`` (3 for the
 default 4-level UNet; the reference's 3D UNet has 4). Defaults follow SSL4MIS: weight 0.1 ramped
 over the whole run (DHC: weight 1, no ramp). Validation uses the main output (eval mode).
 """
