@@ -64,31 +64,21 @@ def _weight_bytes(net: nn.Module) -> int:
 def export_onnx(net: nn.Module, x: torch.Tensor, path: Path) -> None:
     """ONNX of `net` traced on `x` (B, ...), input ``image`` and output ``logits`` with a
     dynamic batch axis (weights of a model past ~2 GB in ``<path>.data`` beside it)."""
+    names = {"input_names": ["image"], "output_names": ["logits"]}
     if importlib.util.find_spec("onnxscript") is not None:
-        torch.onnx.export(
-            net,
-            (x,),
-            str(path),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            dynamo=True,
-            verbose=False,
+        options = {
+            "dynamic_shapes": ({0: torch.export.Dim("batch")},),
+            "dynamo": True,
+            "verbose": False,
             # one self-contained file; ONNX needs separate weights only past 2 GB (protobuf)
-            external_data=_weight_bytes(net) > 1.8e9,
-        )
-        return
+            "external_data": _weight_bytes(net) > 1.8e9,
+        }
+    else:  # the legacy exporter
+        options = {"dynamic_axes": {"image": {0: "batch"}, "logits": {0: "batch"}}}
+        options["dynamo"] = False
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-        torch.onnx.export(
-            net,
-            (x,),
-            str(path),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            dynamo=False,
-        )
+        warnings.simplefilter("ignore")  # exporters' deprecation notices
+        torch.onnx.export(net, (x,), str(path), **names, **options)
 
 
 @torch.no_grad()
