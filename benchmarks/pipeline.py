@@ -183,7 +183,8 @@ def bench_stages(work: Path, scripts: Path, env: dict, cfgs: dict, quick: bool, 
 def estimate_pipeline(work: Path, cfgs: dict, stages: dict, dvc: dict) -> dict:
     """Default ``dvc repro`` time from its parts: data stages, analyze and report as measured;
     per training run its recorded loop seconds (``train.json``) plus the start-up of a train
-    stage (wall - loop of the two-step run); per evaluation the measured one; DVC's no-op.
+    stage (wall - loop of the two-step run); per task's evaluate stage one start-up plus, per
+    run, the measured evaluation minus that start-up; DVC's no-op.
     A run without a record counts as its task's mean (``unrecorded`` says how many)."""
     measured = ("ingest", "preprocess", "split", "analyze", "report")
     runs = stages["runs"]
@@ -198,7 +199,9 @@ def estimate_pipeline(work: Path, cfgs: dict, stages: dict, dvc: dict) -> dict:
         unrecorded += len(files) - len(loops)
         loops += [statistics.mean(loops) if loops else 0.0] * (len(files) - len(loops))
         parts[f"train {task}"] = sum(loops) + len(loops) * startup
-        parts[f"evaluate {task}"] = len(loops) * probe["evaluate"]["seconds"]
+        # one evaluate stage per task: one start-up, then each run's scoring
+        scoring = max(0.0, probe["evaluate"]["seconds"] - startup)
+        parts[f"evaluate {task}"] = startup + len(loops) * scoring
     parts["dvc no-op"] = dvc.get("noop_repro_s") or 0.0
     parts = {k: round(v, 1) for k, v in parts.items()}
     total = round(sum(parts.values()), 1)

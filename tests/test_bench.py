@@ -152,7 +152,7 @@ def test_estimate_and_targets_say_what_is_missed(tmp_path, tiny):
     run.mkdir(parents=True)
     (run / "train.json").write_text(json.dumps({"seconds": 30.0}))
     train = {"seconds": 12.0, "peak_rss_gib": 1.5}
-    evaluate = {"seconds": 4.0, "peak_rss_gib": 4.5}
+    evaluate = {"seconds": 13.0, "peak_rss_gib": 4.5}  # start-up 10 s + scoring 3 s
     runs = {"ingest segmentation": {"seconds": 5.0, "peak_rss_gib": 0.9}}
     runs.update({"train segmentation/x": train, "evaluate segmentation/x": evaluate})
     probe = {"train": train, "evaluate": evaluate, "loop_s": 2.0}
@@ -161,7 +161,8 @@ def test_estimate_and_targets_say_what_is_missed(tmp_path, tiny):
     n = len(cfg.methods) * len(cfg.seeds)  # one run recorded: the others count as its 30 s
     assert est["unrecorded"] == n - 1 and est["startup_s"]["segmentation"] == 10.0
     assert est["parts"]["train segmentation"] == n * (30.0 + 10.0)
-    assert est["seconds"] == 5.0 + est["parts"]["train segmentation"] + n * 4.0 + 4.0
+    assert est["parts"]["evaluate segmentation"] == 10.0 + n * 3.0  # one stage, one start-up
+    assert est["seconds"] == 5.0 + est["parts"]["train segmentation"] + 10.0 + n * 3.0 + 4.0
 
     dvc = {"noop_repro_s": 4.0, "note": "median"}
     pipe = {"dvc": dvc, "stages": stages, "estimate": est}
@@ -178,7 +179,7 @@ def test_estimate_and_targets_say_what_is_missed(tmp_path, tiny):
     res = {"targets": list(rows.values()), "seconds": 1.0, "machine": machine, "pipeline": pipe}
     md = table.markdown(res)
     assert "| no-op dvc repro (s) | 2 | 4.00 | **no** | 2.00 |" in md
-    assert "| stage evaluate segmentation/x | 4.0 | 4.50 |" in md and "ESTIMATE" in md
+    assert "| stage evaluate segmentation/x | 13.0 | 4.50 |" in md and "ESTIMATE" in md
 
 
 def test_gpu_params_merge_preset_then_overrides(tmp_path, default_params):

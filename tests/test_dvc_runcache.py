@@ -18,7 +18,7 @@ import yaml
 from conftest import TINY
 from test_pipeline_e2e import ROOT, run, tiny_repo
 
-TARGET = "evaluate_classification@supervised-0"  # and, with it, ingest .. train
+TARGET = "evaluate_classification"  # and, with it, ingest .. train (one run: supervised-0)
 TRAIN = "train_classification@supervised-0"
 RUN_FILES = (  # outputs of train and evaluate: in the DVC cache, then `cache: false` ones
     "models/classification/supervised/seed0/best.pt",
