@@ -125,6 +125,7 @@ def test_two_network_segmentation_card(tiny, tmp_path):
         "orientation": "RAS",
         "spacing": [6.0, 6.0, 6.0],
         "window": list(cfg.preprocess.window),
+        "nan_policy": "error",
         "crop": "foreground, margin 2",
     }
     assert card["inference"]["patch_size"] == [16, 16, 16]
