@@ -293,3 +293,22 @@ def test_fingerprint_tracks_params_and_data(tiny, tmp_path):
     assert a != fingerprint(cfg, "fixmatch", dataclasses.replace(p, threshold=0.5), 0, [f])
     f.write_text('{"x": 1}')
     assert a != fingerprint(cfg, "fixmatch", p, 0, [f])
+
+
+def test_rewind_keeps_dvcs_gitignore_in_the_live_folder(tmp_path):
+    """DVC writes plots/train/.../.gitignore (for the cached metrics.json) before the stage
+    runs; a fresh start or a resume rebuilds the DVCLive folder around it, never deletes it."""
+    from semimed import checkpoint
+
+    model_dir, live = tmp_path / "model", tmp_path / "live"
+    (live / "plots").mkdir(parents=True)
+    (live / ".gitignore").write_text("/metrics.json\n")
+    (live / "metrics.json").write_text("{}")
+    (live / "plots" / "stale.tsv").write_text("1\t2\n")
+    assert ".gitignore" not in checkpoint.snapshot(live)
+    checkpoint.rewind(model_dir, live, None)
+    assert sorted(p.name for p in live.iterdir()) == [".gitignore"]
+    state = {"best_weights": None, "live": {"plots/a.tsv": "step\tv\n"}}
+    checkpoint.rewind(model_dir, live, state)
+    assert (live / ".gitignore").read_text() == "/metrics.json\n"
+    assert (live / "plots" / "a.tsv").read_text() == "step\tv\n"

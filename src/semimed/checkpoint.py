@@ -85,8 +85,27 @@ def snapshot(live_dir: Path) -> dict[str, str]:
     return {
         str(f.relative_to(live_dir)): f.read_text()
         for f in sorted(live_dir.rglob("*"))
-        if f.is_file() and not f.name.endswith(".tmp")
+        if f.is_file() and not f.name.endswith(".tmp") and f.name not in KEEP
     }
+
+
+# Files of the DVCLive folder a rewind leaves alone: DVC's .gitignore for the cached
+# metrics.json (in git, written by DVC before the stage runs; deleting it would make git
+# offer the DVC-cached file for committing).
+KEEP = (".gitignore",)
+
+
+def _clear(folder: Path) -> None:
+    """Empty `folder` but for `KEEP` (top level) files."""
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.name in KEEP and child.is_file():
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def rewind(model_dir: Path, live_dir: Path, state: dict | None) -> None:
@@ -97,7 +116,7 @@ def rewind(model_dir: Path, live_dir: Path, state: dict | None) -> None:
     steps, temporary files of an interrupted atomic write. The folders are rebuilt from the
     checkpoint: best.pt from its best weights, the DVCLive folder from its snapshot; the steps
     after the checkpoint run again and log again."""
-    shutil.rmtree(live_dir, ignore_errors=True)
+    _clear(live_dir)
     if state is None:  # stale files of another run must not survive
         shutil.rmtree(model_dir, ignore_errors=True)
         model_dir.mkdir(parents=True, exist_ok=True)
