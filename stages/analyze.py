@@ -11,7 +11,19 @@ writes, from the TEST split, under plots/analysis/classification/:
 
 import time
 
-from semimed import analysis, cli, paths
+from semimed import cli, paths
+from semimed.analysis import (
+    PROJECTIONS,
+    backbone_features,
+    gradcam_maps,
+    load_analysis,
+    plot_embeddings,
+    plot_gradcam_grid,
+    plot_robustness,
+    project,
+    robustness_records,
+    select_images,
+)
 from semimed.build import check_task, load_for_data
 from semimed.data.taskdata import load_task_data
 from semimed.io import write_json_atomic
@@ -22,7 +34,7 @@ OUT = paths.ANALYSIS
 
 def run() -> None:
     args = cli.parser(__doc__, task=False).parse_args()
-    cfg, params = analysis.load_analysis(args.params)
+    cfg, params = load_analysis(args.params)
     check_task(cfg)
     task = "classification"
     data = load_task_data(cfg, paths.processed(task), paths.splits(task))
@@ -38,14 +50,12 @@ def run() -> None:
     x, y = data.arrays(data.split["test"])
     began = time.perf_counter()
 
-    shown = analysis.select_images(y, params.gradcam_images)
+    shown = select_images(y, params.gradcam_images)
     k = data.num_classes  # the primary target's logit columns come first
-    rows = {m: analysis.gradcam_maps(net, x[shown], k) for m, net in first.items()}
-    analysis.plot_gradcam_grid(
-        x[shown], y[shown].tolist(), rows, data.class_names, OUT / "gradcam.png"
-    )
+    rows = {m: gradcam_maps(net, x[shown], k) for m, net in first.items()}
+    plot_gradcam_grid(x[shown], y[shown].tolist(), rows, data.class_names, OUT / "gradcam.png")
 
-    records = analysis.robustness_records(
+    records = robustness_records(
         models,
         x,
         y,
@@ -57,22 +67,19 @@ def run() -> None:
         k,
     )
     write_json_atomic(paths.ROBUSTNESS, records)
-    analysis.plot_robustness(records, OUT / "robustness.png")
+    plot_robustness(records, OUT / "robustness.png")
 
     features = {
-        m: analysis.backbone_features(net, x, cfg.eval.batch_size, device)
-        for m, net in first.items()
+        m: backbone_features(net, x, cfg.eval.batch_size, device) for m, net in first.items()
     }
-    for how in analysis.PROJECTIONS:
+    for how in PROJECTIONS:
         points = {
-            m: analysis.project(f, how, params.projection_seed, params.umap_neighbors)
+            m: project(f, how, params.projection_seed, params.umap_neighbors)
             for m, f in features.items()
         }
-        name = analysis.PROJECTIONS[how]
+        name = PROJECTIONS[how]
         title = f"test-split backbone features, {name} (seed {cfg.seeds[0]} of each method)"
-        analysis.plot_embeddings(
-            points, y.tolist(), data.class_names, title, OUT / f"embeddings_{how}.png"
-        )
+        plot_embeddings(points, y.tolist(), data.class_names, title, OUT / f"embeddings_{how}.png")
 
     clean: dict[str, list[float]] = {}  # every seed's clean score, once (strength 0 = any kind)
     for r in records:

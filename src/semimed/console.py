@@ -15,6 +15,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from semimed import monai_import
 from semimed.config import TASKS, ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -103,6 +104,7 @@ def guarded(fn: Callable[[], None]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``semimed`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    monai_import.install()  # a command-line process: MONAI without its eager load
     handler = _predict if args.command == "predict" else _export
     return guarded(lambda: handler(args))
 

@@ -12,7 +12,6 @@ from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.networks.nets import DenseNet121
 from monai.networks.nets import resnet18 as monai_resnet18
 from torch import Tensor, nn
-from torchvision.models import resnet18
 
 
 class Classifier(nn.Module):
@@ -122,6 +121,8 @@ def build_resnet18(
         )
         trunk.maxpool = nn.Identity()  # skipped by no_max_pool already; shown for the reader
     else:
+        from torchvision.models import resnet18  # here: torchvision costs ~1 s of start-up
+
         trunk = resnet18(weights=None)
         trunk.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         trunk.maxpool = nn.Identity()
