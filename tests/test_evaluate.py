@@ -254,6 +254,27 @@ def test_cropping_matches_monai_on_the_full_volume():
     assert agg["asd_mm"] == pytest.approx(asd.item(), abs=1e-4)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_surface_pass_gives_monais_hd95_and_asd_exactly(seed):
+    """`_binary_scores` derives HD95 and ASD from one `get_edge_surface_distance` call:
+    bit-for-bit MONAI's two functions (which each make that call), anisotropic spacing."""
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    from semimed.evaluate.metrics import _binary_scores
+
+    rng = np.random.default_rng(seed)
+    label = torch.as_tensor(rng.random((24, 20, 12)) > 0.7)
+    pred = torch.as_tensor(rng.random((24, 20, 12)) > 0.8)
+    spacing = (0.8, 0.8, 2.5)
+    _, hd95, asd = _binary_scores(pred, label, spacing)
+    p, g = pred[None, None].float(), label[None, None].float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ref_hd = compute_hausdorff_distance(p, g, percentile=95, spacing=spacing).item()
+        ref_asd = compute_average_surface_distance(p, g, symmetric=True, spacing=spacing).item()
+    assert (hd95, asd) == (ref_hd, ref_asd)
+
+
 # ------------------------------------------------------------------ original-space evaluation
 
 

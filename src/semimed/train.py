@@ -120,6 +120,14 @@ def train_run(
             live = Live(str(live_dir), resume=start > 0, dvcyaml=False, save_dvc_exp=False)
         done = start
         first_step = None  # wall time of this process's first step (compilation included)
+
+        def summary(best: dict, elapsed: float) -> dict:  # train.json, and a finished last.pt
+            out = _summary(cfg, t, best, tracker, elapsed, fp)
+            out.update(method=method_name, seed=seed, device=_device(device, world))
+            if first_step is not None:
+                out["compile_first_step_seconds"] = round(first_step, 2)
+            return out
+
         with live or contextlib.nullcontext(), contextlib.closing(batches):
             bar = tqdm(
                 range(start, t.steps),
@@ -198,25 +206,18 @@ def train_run(
                             "processes": processes,
                         }
                         if finished:  # a finished run restores from its checkpoint alone
-                            ckpt["summary"] = _summary(cfg, t, best, tracker, elapsed, fp)
-                            ckpt["summary"].update(method=method_name, seed=seed)
-                            ckpt["summary"]["device"] = _device(device, world)
-                            if first_step is not None:
-                                ckpt["summary"]["compile_first_step_seconds"] = round(first_step, 2)
+                            ckpt["summary"] = summary(best, elapsed)
                         checkpoint.save(ckpt, last)
                 if finished:
                     break
         best = distributed.gather(best, world)[0]  # rank 0 validated
-        summary = _summary(cfg, t, best, tracker, seconds + time.perf_counter() - began, fp)
-        summary.update(method=method_name, seed=seed, device=_device(device, world))
-        if first_step is not None:
-            summary["compile_first_step_seconds"] = round(first_step, 2)
+        result = summary(best, seconds + time.perf_counter() - began)
         if lead:
-            write_json_atomic(model_dir / "train.json", summary)
+            write_json_atomic(model_dir / "train.json", result)
             if tracker.stopped:
                 print(f"{run}: stopped early at step {done} (train.patience)")
         distributed.barrier(world)
-        return summary
+        return result
 
 
 def _unsup_ratio(terms: dict) -> None:
@@ -252,7 +253,7 @@ def _device(device: torch.device, world: int) -> str:
 
 def _summary(cfg, t, best: dict, tracker, seconds: float, fp: str) -> dict:
     """train.json: what happened in one run (see `semimed.convergence` for the diagnostics);
-    `method`, `seed` and `device` are added by the caller."""
+    `method`, `seed` and `device` are filled in by `train_run`'s ``summary``."""
     metric = spec(cfg.task).headline
     done = tracker.history[-1][0] if tracker.history else 0
     return {

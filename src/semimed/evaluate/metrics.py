@@ -20,11 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.metrics import (
-    compute_average_surface_distance,
-    compute_dice,
-    compute_hausdorff_distance,
-)
+from monai.metrics import compute_dice
+from monai.metrics.utils import get_edge_surface_distance
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -194,21 +191,25 @@ def _crop_to_union(pred: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tenso
 def _binary_scores(
     pred: torch.Tensor, label: torch.Tensor, spacing: tuple[float, float, float]
 ) -> tuple[float, float, float]:
-    """MONAI Dice, HD95 (mm) and symmetric ASD (mm) of two NON-EMPTY (X, Y, Z) bool masks."""
+    """MONAI Dice, HD95 (mm) and symmetric ASD (mm) of two NON-EMPTY (X, Y, Z) bool masks.
+
+    HD95 and ASD as MONAI's ``compute_hausdorff_distance(percentile=95)`` and
+    ``compute_average_surface_distance(symmetric=True)`` compute them, from ONE call of the
+    edge and distance-transform step both of them make (``get_edge_surface_distance``,
+    Euclidean, both directions): the same values (tested), half the time. Returned as
+    MONAI returns them (float32)."""
     pred, label = _crop_to_union(pred, label)
-    # (1, 1, X, Y, Z): batch and channel dims, the layout MONAI metrics expect.
-    p, g = pred[None, None].float(), label[None, None].float()
+    p, g = pred.float(), label.float()
     with warnings.catch_warnings():
         # MONAI 1.5+ warns about a deprecated argument it passes to itself internally.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
-        dice = compute_dice(p, g, include_background=True)
-        hd95 = compute_hausdorff_distance(
-            p, g, include_background=True, percentile=95, spacing=spacing
+        dice = compute_dice(p[None, None], g[None, None], include_background=True)
+        _, distances, _ = get_edge_surface_distance(
+            p, g, distance_metric="euclidean", spacing=spacing, symmetric=True
         )
-        asd = compute_average_surface_distance(
-            p, g, include_background=True, symmetric=True, spacing=spacing
-        )
-    return float(dice.item()), float(hd95.item()), float(asd.item())
+    hd95 = torch.stack([torch.quantile(d, 0.95) for d in distances]).max()  # per direction
+    asd = torch.cat(distances).mean()
+    return float(dice.item()), float(hd95.float().item()), float(asd.float().item())
 
 
 class SegmentationScorer:

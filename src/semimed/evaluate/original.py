@@ -11,15 +11,31 @@ or another paper gets from the same files.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
+from monai.data import MetaTensor
 
 from semimed.config import ConfigError
-from semimed.data.original_space import labels_in_original_space
+from semimed.data.original_space import labels_in_original_space, preprocess_volume
 from semimed.evaluate.metrics import SegmentationScorer
+
+
+@functools.lru_cache(maxsize=1024)
+def geometry(image: str, spacing: tuple[float, ...], window: tuple[float, ...]) -> MetaTensor:
+    """What mapping a prediction back needs of a test volume -- its preprocessed shape, its
+    metadata and MONAI's record of the applied operations -- without its voxels (a broadcast
+    zero). Cached: the evaluate stage scores every run on the same test volumes, and the
+    chain (load, reorient, resample, crop) is redone for nothing otherwise. Only the geometry
+    is used, so non-finite intensities are filled, not refused."""
+    full = preprocess_volume(image, spacing, window, fill_nonfinite=True)
+    ref = MetaTensor(torch.zeros(()).expand(full.shape), meta=full.meta)
+    ref.applied_operations = full.applied_operations
+    return ref
 
 
 def original_files(ingested: Path) -> dict[str, tuple[str, str | None]]:
@@ -56,7 +72,8 @@ class OriginalSpaceScorer:
 
     def __init__(self, class_names: list[str], files: dict, spacing, window) -> None:
         self.scorer = SegmentationScorer(class_names)
-        self.files, self.spacing, self.window = files, spacing, window
+        self.files = files
+        self.settings = tuple(float(s) for s in spacing), tuple(float(w) for w in window)
         self.skipped: list[str] = []
 
     def add(self, pred: np.ndarray, case: str) -> None:
@@ -67,7 +84,7 @@ class OriginalSpaceScorer:
         if label is None or not Path(label).is_file():
             self.skipped.append(case)
             return
-        mapped = labels_in_original_space(pred, image, self.spacing, self.window)
+        mapped = labels_in_original_space(pred, geometry(str(image), *self.settings))
         truth, spacing = read_label_file(label)
         self.scorer.add(mapped, truth, spacing, case=case)
 
