@@ -7,7 +7,7 @@ from __future__ import annotations
 # peak resident memory (GiB) of a train or evaluate stage, start-up seconds of a stage script
 # without torch and of one with torch (issue 17).
 TARGETS = {
-    "pipeline_s": 600.0,
+    "pipeline_s": 300.0,
     "waste": 1.1,
     "noop_repro_s": 2.0,
     "peak_rss_gib": 4.0,
