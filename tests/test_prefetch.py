@@ -148,3 +148,21 @@ def test_fused_optimizer_only_on_cuda():
     if torch.cuda.is_available():
         p = torch.nn.Parameter(torch.zeros(3, device="cuda"))
         assert build_optimizer([p], t("adamw", 0.1, 0.9, 0.0)).defaults["fused"]
+
+
+def test_segmentation_crops_without_metadata_are_the_same_batches(prepared, monkeypatch):  # noqa: F811
+    """The stream crops with MONAI's metadata tracking off (`loaders.plain_tensors`): the
+    same batches as with it on, and the global setting is restored after each batch."""
+    import contextlib
+
+    from monai.data import get_track_meta
+
+    from semimed.data import loaders
+
+    make = _stream(prepared, "segmentation")
+    fast = make()
+    fast_batches = [next(fast) for _ in range(4)]
+    assert get_track_meta() is True
+    monkeypatch.setattr(loaders, "plain_tensors", contextlib.nullcontext)
+    slow = make()
+    assert all(_equal(a, next(slow)) for a in fast_batches)

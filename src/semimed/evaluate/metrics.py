@@ -22,15 +22,6 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice
 from monai.metrics.utils import get_edge_surface_distance
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    multilabel_confusion_matrix,
-    precision_recall_fscore_support,
-    recall_score,
-    roc_auc_score,
-)
 
 _DECIMALS = 6  # rounding of every reported float: far below any meaningful difference
 
@@ -76,6 +67,8 @@ def _ovr_auc(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> float | N
     present = np.unique(y_true)
     if present.size < 2:
         return None
+    from sklearn.metrics import roc_auc_score  # here: a segmentation evaluate never needs it
+
     indicator = np.eye(n_classes, dtype=int)[y_true][:, present]
     return _round(roc_auc_score(indicator, probs[:, present], average="macro"))
 
@@ -102,6 +95,15 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
         - specificity: TN / (TN + FP) from the one-vs-rest confusion matrix of each class.
         - confusion_matrix: C x C list of ints, rows = true class, columns = predicted class.
     """
+    from sklearn.metrics import (  # here: a segmentation evaluate never needs scikit-learn
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        multilabel_confusion_matrix,
+        precision_recall_fscore_support,
+        recall_score,
+    )
+
     y_true = np.asarray(y_true).astype(np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     n_classes = len(class_names)
