@@ -36,7 +36,7 @@ lint: $(STAMP)
 # benchmarks/bench.py: step cost of every method against its intrinsic cost, data throughput,
 # DVC and stage times, stage start-up, predict throughput, peak memory -> metrics/bench.json
 # and metrics/bench.md (~5-7 min; `--pipeline` adds a full dvc repro from scratch in a scratch
-# copy, ~9 min more). `make bench BENCH_ARGS="--preset gpu --device cuda"`: the GPU mode ->
+# copy, ~5 min more). `make bench BENCH_ARGS="--preset gpu --device cuda"`: the GPU mode ->
 # metrics/bench_gpu.json and metrics/bench_gpu.md (docs/benchmark.md).
 BENCH_ARGS ?=
 bench: $(STAMP)

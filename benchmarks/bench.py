@@ -8,7 +8,7 @@ the pipeline's time and memory. Writes ``metrics/bench.json`` and ``metrics/benc
   training stream and sliding-window inference.
 * pipeline (`benchmarks.pipeline`): DVC's own cost and the stages' wall time and peak memory
   in a scratch copy of the repository; the default ``dvc repro`` time estimated from them, or
-  measured from scratch with ``--pipeline`` (~9 min on 2 cores).
+  measured from scratch with ``--pipeline`` (~5 min on 2 cores).
 * startup (`benchmarks.startup`): each stage script's start-up (interpreter + imports).
 * predict (`benchmarks.predict_speed`): `semimed predict` images/s and volumes/s on the CPU.
 * ``--preset gpu`` (`benchmarks.gpu`): per method at the GPU preset's sizes, ms/step, FLOPs,
@@ -91,7 +91,7 @@ def _batch_line(cfg) -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--quick", action="store_true", help="a few steps and items (tests)")
-    p.add_argument("--pipeline", action="store_true", help="also time a full dvc repro (~9 min)")
+    p.add_argument("--pipeline", action="store_true", help="also time a full dvc repro (~5 min)")
     workdir = "a folder with params.yaml (data/ made if missing) to use instead of a copy of "
     p.add_argument("--workdir", type=Path, help=workdir + "the repository; no DVC timings")
     p.add_argument("--sections", default=SECTIONS, help="comma-separated subset")
