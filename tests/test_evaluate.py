@@ -365,3 +365,27 @@ def test_scorer_rows_mark_the_empty_rule():
     scorer.add(np.zeros_like(label), label, (1.0, 1.0, 1.0), case="y")  # a missed
     rows = [(r["case"], r["class"], r["dice"], r["empty_rule"]) for r in scorer.cases]
     assert rows == [("x", "a", 1.0, False), ("y", "a", 0.0, True)]
+
+
+def test_geometry_cache_follows_the_file_and_refuses_a_missing_one(tmp_path):
+    """`original.geometry` is cached per file version: a volume rewritten at the same path
+    (another shape) gets its own geometry; a missing file is one line naming it."""
+    import os
+
+    import nibabel as nib
+
+    from semimed.config import ConfigError
+    from semimed.evaluate.original import geometry
+
+    path = tmp_path / "ct.nii.gz"
+    shapes = []
+    for k, shape in enumerate([(12, 10, 8), (16, 10, 8)]):
+        arr = np.full(shape, 100, np.int16)
+        nib.save(nib.Nifti1Image(arr, np.diag([1.0, 1.0, 2.0, 1.0])), path)
+        os.utime(path, ns=(k * 10**9, k * 10**9))  # a new version even within one tick
+        g = geometry(str(path), (1.0, 1.0, 2.0), (-200.0, 300.0))
+        assert g.applied_operations and g.untyped_storage().nbytes() <= 4  # no voxels kept
+        shapes.append(tuple(g.shape[1:]))
+    assert shapes[0] != shapes[1]
+    with pytest.raises(ConfigError, match="missing.nii.gz"):
+        geometry(str(tmp_path / "missing.nii.gz"), (1.0, 1.0, 2.0), (-200.0, 300.0))

@@ -56,6 +56,7 @@ def test_light_import_skips_eager_load_and_extras_then_works():
         "loss = DiceLoss(softmax=True, to_onehot_y=True)(y, torch.zeros(1, 1, 16, 16, 16))\n"
         "import torchvision, matplotlib.pyplot, sklearn.metrics\n"
         "import monai.auto3dseg\n"  # any other MONAI subpackage still imports on demand
+        "state['finder_left'] = any(type(f).__name__ == '_LightMonai' for f in sys.meta_path)\n"
         "state['shape'] = list(y.shape)\n"
         "state['finite'] = bool(torch.isfinite(loss))\n"
         "print(json.dumps(state))\n"
@@ -64,6 +65,7 @@ def test_light_import_skips_eager_load_and_extras_then_works():
     assert state["eager"] is False
     assert state["extras"] == []
     assert state["shape"] == [1, 2, 16, 16, 16] and state["finite"]
+    assert state["finder_left"] is False  # it removes itself once MONAI is loaded
 
 
 def test_without_install_or_with_opt_out_monai_loads_everything():

@@ -102,8 +102,10 @@ class _Wrapped(importlib.abc.Loader):
             self.finder.loading = True
             try:
                 self.real.exec_module(module)
-            finally:
+            finally:  # MONAI is loaded (its module hook ran inside): nothing left to do
                 self.finder.loading = False
+                if self.finder in sys.meta_path:
+                    sys.meta_path.remove(self.finder)
             return
         self.real.exec_module(module)
         original, finder = module.load_submodules, self.finder

@@ -25,13 +25,22 @@ from semimed.data.original_space import labels_in_original_space, preprocess_vol
 from semimed.evaluate.metrics import SegmentationScorer
 
 
-@functools.lru_cache(maxsize=1024)
 def geometry(image: str, spacing: tuple[float, ...], window: tuple[float, ...]) -> MetaTensor:
     """What mapping a prediction back needs of a test volume -- its preprocessed shape, its
     metadata and MONAI's record of the applied operations -- without its voxels (a broadcast
-    zero). Cached: the evaluate stage scores every run on the same test volumes, and the
-    chain (load, reorient, resample, crop) is redone for nothing otherwise. Only the geometry
-    is used, so non-finite intensities are filled, not refused."""
+    zero). Cached per file version (path, modification time, size): the evaluate stage scores
+    every run on the same test volumes, and the chain (load, reorient, resample, crop) is
+    redone for nothing otherwise. Only the geometry is used, so non-finite intensities are
+    filled, not refused."""
+    try:
+        st = Path(image).stat()
+    except OSError as err:
+        raise ConfigError(f"{image}: cannot preprocess ({err.strerror})") from None
+    return _geometry(str(image), st.st_mtime_ns, st.st_size, spacing, window)
+
+
+@functools.lru_cache(maxsize=1024)
+def _geometry(image: str, _mtime_ns: int, _size: int, spacing, window) -> MetaTensor:
     full = preprocess_volume(image, spacing, window, fill_nonfinite=True)
     ref = MetaTensor(torch.zeros(()).expand(full.shape), meta=full.meta)
     ref.applied_operations = full.applied_operations
