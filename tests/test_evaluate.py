@@ -368,14 +368,14 @@ def test_scorer_rows_mark_the_empty_rule():
 
 
 def test_geometry_cache_follows_the_file_and_refuses_a_missing_one(tmp_path):
-    """`original.geometry` is cached per file version: a volume rewritten at the same path
+    """`original_space.volume_geometry` is cached per file version: a volume rewritten at the same path
     (another shape) gets its own geometry; a missing file is one line naming it."""
     import os
 
     import nibabel as nib
 
     from semimed.config import ConfigError
-    from semimed.evaluate.original import geometry
+    from semimed.data.original_space import volume_geometry as geometry
 
     path = tmp_path / "ct.nii.gz"
     shapes = []

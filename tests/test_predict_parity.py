@@ -60,9 +60,9 @@ def test_predict_matches_the_evaluate_stage(workdir, monkeypatch):
     evaluated = {}
     mapped = original.labels_in_original_space
 
-    def record(pred, image, *settings):  # image: the test volume's cached geometry
-        labels = mapped(pred, image, *settings)
-        evaluated[Path(image.meta["filename_or_obj"]).name.split(".")[0]] = labels
+    def record(pred, image, spacing, window):
+        labels = mapped(pred, image, spacing, window)
+        evaluated[Path(image).name.split(".")[0]] = labels
         return labels
 
     monkeypatch.setattr(original, "labels_in_original_space", record)

@@ -69,6 +69,29 @@ def preprocess_volume(
     return image
 
 
+def volume_geometry(path: str | Path, spacing, window) -> MetaTensor:
+    """What mapping labels back to `path`'s grid needs of the volume -- its preprocessed
+    shape, its metadata and MONAI's record of the applied operations -- without its voxels
+    (a broadcast zero). Cached per file version (path, modification time, size): evaluation
+    maps every run's predictions of the same test volumes, and the chain (load, reorient,
+    resample, crop) would be redone for nothing. Only the geometry is used, so non-finite
+    intensities are filled, not refused."""
+    try:
+        st = Path(path).stat()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot preprocess ({err.strerror})") from None
+    spacing, window = tuple(float(s) for s in spacing), tuple(float(w) for w in window)
+    return _geometry(str(path), st.st_mtime_ns, st.st_size, spacing, window)
+
+
+@functools.lru_cache(maxsize=1024)
+def _geometry(path: str, _mtime_ns: int, _size: int, spacing, window) -> MetaTensor:
+    full = preprocess_volume(path, spacing, window, fill_nonfinite=True)
+    ref = MetaTensor(torch.zeros(()).expand(full.shape), meta=full.meta)
+    ref.applied_operations = full.applied_operations
+    return ref
+
+
 def _untraced(ops):
     """`ops` with every transform id (nested ones too, e.g. a crop's padding) set to
     `TraceKeys.NONE`, so the inverse matches them in last-in-first-out order."""
@@ -104,15 +127,14 @@ def labels_in_original_space(
     `labels`: (X', Y', Z') or (1, X', Y', Z') integers, on the grid `segmentation_chain
     (spacing, window)` makes of `image`, e.g. a `predict_volume` result on a preprocessed
     volume. `image`: the `preprocess_volume` output (carries the applied operations), or the
-    path of the original NIfTI, which is then preprocessed again with `spacing` (mm) and
-    `window` to recover them -- what evaluation needs to score in the label files' own space
-    (the labeled chain crops and resamples labels on the image's grid, so it is the same).
+    path of the original NIfTI, whose `volume_geometry` with `spacing` (mm) and `window`
+    recovers them -- what evaluation needs to score in the label files' own space (the
+    labeled chain crops and resamples labels on the image's grid, so it is the same).
     Voxels outside the body crop are background (0)."""
     if not isinstance(image, MetaTensor):
         if spacing is None or window is None:
             raise ValueError("labels_in_original_space: a path needs spacing and window")
-        # Only the geometry is used here: non-finite intensities are filled, not refused.
-        image = preprocess_volume(image, spacing, window, fill_nonfinite=True)
+        image = volume_geometry(image, spacing, window)
     labels = torch.as_tensor(np.asarray(labels))
     labels = labels[None] if labels.ndim == 3 else labels
     if tuple(labels.shape[1:]) != tuple(image.shape[1:]):

@@ -11,40 +11,15 @@ or another paper gets from the same files.
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.data import MetaTensor
 
 from semimed.config import ConfigError
-from semimed.data.original_space import labels_in_original_space, preprocess_volume
+from semimed.data.original_space import labels_in_original_space
 from semimed.evaluate.metrics import SegmentationScorer
-
-
-def geometry(image: str, spacing: tuple[float, ...], window: tuple[float, ...]) -> MetaTensor:
-    """What mapping a prediction back needs of a test volume -- its preprocessed shape, its
-    metadata and MONAI's record of the applied operations -- without its voxels (a broadcast
-    zero). Cached per file version (path, modification time, size): the evaluate stage scores
-    every run on the same test volumes, and the chain (load, reorient, resample, crop) is
-    redone for nothing otherwise. Only the geometry is used, so non-finite intensities are
-    filled, not refused."""
-    try:
-        st = Path(image).stat()
-    except OSError as err:
-        raise ConfigError(f"{image}: cannot preprocess ({err.strerror})") from None
-    return _geometry(str(image), st.st_mtime_ns, st.st_size, spacing, window)
-
-
-@functools.lru_cache(maxsize=1024)
-def _geometry(image: str, _mtime_ns: int, _size: int, spacing, window) -> MetaTensor:
-    full = preprocess_volume(image, spacing, window, fill_nonfinite=True)
-    ref = MetaTensor(torch.zeros(()).expand(full.shape), meta=full.meta)
-    ref.applied_operations = full.applied_operations
-    return ref
 
 
 def original_files(ingested: Path) -> dict[str, tuple[str, str | None]]:
@@ -81,8 +56,7 @@ class OriginalSpaceScorer:
 
     def __init__(self, class_names: list[str], files: dict, spacing, window) -> None:
         self.scorer = SegmentationScorer(class_names)
-        self.files = files
-        self.settings = tuple(float(s) for s in spacing), tuple(float(w) for w in window)
+        self.files, self.spacing, self.window = files, spacing, window
         self.skipped: list[str] = []
 
     def add(self, pred: np.ndarray, case: str) -> None:
@@ -93,7 +67,7 @@ class OriginalSpaceScorer:
         if label is None or not Path(label).is_file():
             self.skipped.append(case)
             return
-        mapped = labels_in_original_space(pred, geometry(str(image), *self.settings))
+        mapped = labels_in_original_space(pred, image, self.spacing, self.window)
         truth, spacing = read_label_file(label)
         self.scorer.add(mapped, truth, spacing, case=case)
 
