@@ -52,14 +52,17 @@ BINS = 1000  # histogram bins of the softmax scores in [0, 1] (bin width 1e-3)
 @torch.no_grad()
 def score_statistics(probs: Tensor, tau_major: float) -> tuple[Tensor, Tensor, Tensor]:
     """Of probabilities (U, C, ...): the histogram of each class's score (C, BINS), the voxels
-    predicted (argmax) as each class (C,), and the voxels whose class-c score > ``tau_major``."""
+    predicted (argmax) as each class (C,), and the voxels whose class-c score > ``tau_major``.
+    Read in the input's layout (no (C, voxels) copy): class c's bins are offset by c * BINS."""
+    probs = probs.detach().float()
     c = probs.shape[1]
-    flat = probs.detach().float().transpose(0, 1).reshape(c, -1)
-    bins = (flat * BINS).long().clamp_(0, BINS - 1)
-    bins += torch.arange(c, device=flat.device)[:, None] * BINS
+    bins = (probs * BINS).int().clamp_(0, BINS - 1)  # int32: c * BINS is far below 2^31
+    offsets = torch.arange(c, dtype=torch.int32, device=probs.device) * BINS
+    bins += offsets.view((1, c) + (1,) * (probs.dim() - 2))
     hist = torch.bincount(bins.flatten(), minlength=c * BINS).view(c, BINS).float()
-    predicted = torch.bincount(hard_labels(flat[None])[0], minlength=c).float()
-    return hist, predicted, (flat > tau_major).sum(1).float()
+    predicted = torch.bincount(hard_labels(probs).flatten(), minlength=c).float()
+    dims = [0, *range(2, probs.dim())]
+    return hist, predicted, (probs > tau_major).sum(dims).float()
 
 
 @torch.no_grad()
@@ -141,6 +144,6 @@ class Adsh(CrossPseudoSupervision):
         (N, C, ...) under the teacher's mask ``p_c > thresholds[c]``, averaged over all voxels."""
         target = hard_labels(teacher_probs, keepdim=True)
         keep = teacher_probs > thresholds.view((1, -1) + (1,) * (student.dim() - 2))
-        if self.params.logit_mask:
-            return weighted_ce(student.float() * keep, target)
+        if self.params.logit_mask:  # the masked logits are 0 (where: no float copy of keep)
+            return weighted_ce(torch.where(keep, student.float(), 0.0), target)
         return masked_cross_entropy(student.float(), target[:, 0], keep.gather(1, target)[:, 0])
