@@ -16,8 +16,13 @@ from semimed.losses import hard_labels
 
 
 def class_counts(labels: Tensor, num_classes: int) -> Tensor:
-    """Voxels per class (C,) float of a hard label map of any shape with values in [0, C)."""
-    return torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes].float()
+    """Voxels per class (C,) float of a hard label map of any shape with values in [0, C).
+
+    A scatter-add of ones, not `torch.bincount` (same integer counts): on a GPU bincount reads
+    the labels' maximum back to the host to size its output, a sync inside every step."""
+    index = labels.reshape(-1).long()
+    counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
+    return counts.scatter_add_(0, index, torch.ones_like(index)).float()
 
 
 def distribution_weights(counts: Tensor, eps: float = 1e-8) -> Tensor:
@@ -31,9 +36,8 @@ def distribution_weights(counts: Tensor, eps: float = 1e-8) -> Tensor:
     c = counts.numel()
     ratio = torch.log((counts.max() + eps) / (counts + eps))
     top = ratio.max()
-    if top <= 0:
-        return torch.ones_like(counts)
-    return c * ratio / top
+    # where, not `if top <= 0:`, which would read `top` back to the host on a GPU
+    return torch.where(top > 0, c * ratio / top, torch.ones_like(counts))
 
 
 def ema_(buffer: Tensor, value: Tensor, momentum: float) -> Tensor:
