@@ -88,6 +88,7 @@ def _method_row(r: dict) -> list:
         f"{i['fwd']} / {i['bwd']}" if i else "undeclared",
         f"{p['fwd_grad']}+{p['fwd_no_grad']} / {p['bwd']}",
         _fmt(r["flop_ratio"]),
+        _fmt(r["ratio"] / r["flop_ratio"] if r["flop_ratio"] else None),
         f"{r['gflops_per_s']:.0f}",
         ", ".join(f"{name} {share}" for name, share in r["top_ops"]),
     ]
@@ -147,7 +148,8 @@ def markdown(res: dict) -> str:
     ]
     lines += _table(["target", "limit", "value", "met", "value / limit", "note"], targets)
     header = ["method", "ms/step", "CPU ms", "x supervised", "intrinsic x", "waste"]
-    header += ["passes declared", "passes measured", "FLOP x sup.", "GFLOP/s", "top ops (% CPU)"]
+    header += ["passes declared", "passes measured", "FLOP x sup.", "x sup. / FLOP x sup."]
+    header += ["GFLOP/s", "top ops (% CPU)"]
     for task, rows in res.get("methods", {}).items():
         lines += [
             "",
@@ -156,7 +158,11 @@ def markdown(res: dict) -> str:
             f"median CPU time of {rows[0]['steps_timed']['one_thread']} steps on one thread; "
             "x supervised and waste (= x supervised / intrinsic x) use it. "
             "Passes: images forwarded / back-propagated per step, declared and measured by hooks "
-            "(with grad + without); cost model forward 1, backward 2 per image.",
+            "(with grad + without); cost model forward 1, backward 2 per image. "
+            "x sup. / FLOP x sup.: the time ratio against the ratio of convolution and matmul "
+            "FLOPs (`FlopCounterMode`), which also counts layers no pass declares (DST's "
+            "pseudo and worst-case heads) but not element-wise work (URPC's loss on three "
+            "full-size outputs).",
         ]
         lines += _table(header, [_method_row(r) for r in rows])
     if res.get("data"):
