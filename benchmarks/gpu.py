@@ -15,7 +15,10 @@ spans, so the times include every kernel queued inside them.
 * data stream: ms per batch of the stream alone, and its share of the streamed step
   (1 - fixed / streamed: what the step waits for it);
 * GFLOP/step (`FlopCounterMode`) and the share of the device's dense bf16 peak (`PEAKS`)
-  at the fixed-batch time; n/a for a device not listed (and for CPUs).
+  at the fixed-batch time; n/a for a device not listed (and for CPUs);
+* host syncs/step: synchronising calls in one fixed-batch step (`benchmarks.syncs`: CUDA's
+  sync debug mode; on a CPU the host reads, which include CPU-only checks and the host path of
+  `optimizer_step`, as the optimizer is fused only on CUDA).
 Writes ``bench_gpu.json`` and ``bench_gpu.md`` (the device named) under ``--out``.
 """
 
@@ -36,6 +39,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.steps import StepRunner
+from benchmarks.syncs import host_syncs
 from semimed import build, paths, runtime
 from semimed.build import load_task
 from semimed.config import TASKS
@@ -176,6 +180,7 @@ def bench_method(cfg, data, name: str, device: torch.device, steps: tuple, peak)
     with FlopCounterMode(display=False) as counter:
         runner.step()
     gflop = counter.get_total_flops() / 1e9
+    syncs = host_syncs(runner.step, device)
     return {
         "method": name,
         "step_ms": round(with_stream, 2),
@@ -185,6 +190,8 @@ def bench_method(cfg, data, name: str, device: torch.device, steps: tuple, peak)
         "gflop": round(gflop, 3),
         "peak_share": None if peak is None else round(gflop * 1e9 / (fixed / 1e3) / peak, 4),
         "first_step_s": round(first, 2),
+        "host_syncs": syncs,
+        "sync_free_optimizer": runner.opt.sync_free,
         "prefetch": cfg.train.prefetch,
         "compile": cfg.train.compile,
     }
@@ -255,16 +262,16 @@ def markdown(res: dict) -> str:
         f"{res['seconds']:.0f} s."
     ]
     header = "| method | ms/step | ms/step on a fixed batch | data stream ms | data share "
-    header += "| GFLOP/step | share of bf16 peak | first step s |"
+    header += "| GFLOP/step | share of bf16 peak | first step s | host syncs/step |"
     for task, t in res["tasks"].items():
         first = t["methods"][0] if t["methods"] else {}
         knobs = f"prefetch {first.get('prefetch', 0)}, compile {first.get('compile', False)}"
         lines += ["", f"**{task}** ({t['sizes']}; {knobs})", "", header]
-        lines.append("| --- |" + " ---: |" * 7)
+        lines.append("| --- |" + " ---: |" * 8)
         for r in t["methods"]:
             lines.append(
                 f"| {r['method']} | {r['step_ms']:.1f} | {r['fixed_batch_ms']:.1f} | "
                 f"{r['stream_ms']:.1f} | {_pct(r['data_share'])} | {r['gflop']:,.2f} | "
-                f"{_pct(r['peak_share'])} | {r['first_step_s']:.1f} |"
+                f"{_pct(r['peak_share'])} | {r['first_step_s']:.1f} | {r['host_syncs']} |"
             )
     return "\n".join(lines) + "\n"

@@ -116,7 +116,8 @@ class StepRunner:
         self.method.train()
         with self.opt.autocast():
             terms = self.method.training_step(self.batch, self.step_index)
-        optimizer_step(terms["loss"], self.opt, self.method)
+        stepped = optimizer_step(terms["loss"], self.opt, self.method)
+        self.method.update_applied = stepped if torch.is_tensor(stepped) else None
         self.method.on_step_end(self.step_index)
         for k, v in terms.items():  # as the loop: summed on the device, no sync
             self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()

@@ -227,7 +227,10 @@ def test_gpu_mode_runs_on_cpu_with_tiny_sizes(tmp_path):
             assert _positive(r[key]), (r["method"], key, r)
         assert 0.0 <= r["data_share"] < 1.0 and r["peak_share"] is None
         assert r["prefetch"] == 2 and r["first_step_s"] > 0  # the gpu preset prefetches
+        # On a CPU the optimizer is not fused: its step reads the finite flag back (1 sync).
+        assert r["host_syncs"] >= 1 and r["sync_free_optimizer"] is False
     md = (tmp_path / "out" / "bench_gpu.md").read_text()
     assert "GPU bench mode on **CPU" in md and "| cps |" in md and "n/a |" in md
+    assert "host syncs/step" in md
     saved = json.loads((tmp_path / "out" / "bench_gpu.json").read_text())
     assert saved["tasks"]["segmentation"]["methods"][2]["gflop"] > seg["methods"][0]["gflop"]

@@ -90,11 +90,29 @@ def test_epochs_budget_follows_the_largest_pool(prepared, tmp_path):  # noqa: F8
     assert runs["supervised_full"]["last_step"] > runs["supervised"]["last_step"]
 
 
-def test_nonfinite_steps_are_skipped_then_stop_the_run(prepared, tmp_path, monkeypatch, capsys):  # noqa: F811
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_nonfinite_steps_are_skipped_then_stop_the_run(
+    prepared,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+    sync_free,
+):
     """A NaN loss at step 2 is skipped (weights untouched) and counted; a run of NaN losses
-    stops the run with one clear line."""
+    stops the run with one clear line. ``sync_free``: the same with the fused optimizer the
+    loop uses on a GPU (forced on the CPU here), which skips the update on the device and
+    counts the skips at the next validation."""
+    from semimed import optimization
+
     real = distributed.step_function
     poisoned = {2}
+    if sync_free:
+
+        def fused(params, t):
+            assert t.optimizer == "adamw"
+            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+
+        monkeypatch.setattr(optimization, "build_optimizer", fused)
 
     def step_function(method, device, world):
         fn = real(method, device, world)
@@ -111,12 +129,16 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(prepared, tmp_path, monke
     cfg, data, files = _cfg(prepared, "classification", steps=4, eval_every=4)
     summary = train_run(cfg, data, "supervised", 0, tmp_path / "a", tmp_path / "al", files)
     assert summary["convergence"]["skipped_steps"] == 1
-    assert "non-finite loss or gradients at step 3; update skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    if sync_free:
+        assert "1 update(s) skipped (non-finite loss or gradients) by step 4" in out
+    else:
+        assert "non-finite loss or gradients at step 3; update skipped" in out
     assert math.isfinite(summary["best_val_balanced_accuracy"])
     weights = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
-    poisoned.update(range(4))
+    poisoned.update(range(1, 4))  # after step 0's update: the sync-free path runs them
     cfg, data, files = _cfg(prepared, "classification", steps=8, eval_every=4, max_nonfinite=3)
     with pytest.raises(RuntimeError, match="3 steps in a row with a non-finite loss"):
         train_run(cfg, data, "supervised", 0, tmp_path / "b", tmp_path / "bl", files)

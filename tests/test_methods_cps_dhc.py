@@ -150,20 +150,11 @@ def test_dhc_params_rejected(field, value):
 def test_dist_weights_read_nothing_back_to_the_host():
     """DHC's DistDW weights from a label map without a host sync (on a GPU `if tensor` or
     bincount's output sizing would stall every step): no scalar read, no data-dependent shape."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
+    from benchmarks.syncs import HostReads
     from semimed.class_weights import class_counts
 
-    class Syncs(TorchDispatchMode):
-        seen: list = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if "_local_scalar_dense" in str(func) or "bincount" in str(func):
-                self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     labels = torch.tensor([[[0, 1, 1], [3, 3, 3]]])
-    with Syncs() as mode:
+    with HostReads() as mode:
         counts = class_counts(labels, 4)
         weights = distribution_weights(counts)
         uniform = distribution_weights(class_counts(torch.arange(4), 4))

@@ -135,6 +135,16 @@ def test_cld_bank_pools_confs_iter_steps_then_ema():
     method.update_banks((step2, step2), y)
     assert torch.allclose(method.confs[0, 2], torch.tensor(0.4))
 
+    # A resumed run counts on from the checkpoint's step (the host copy follows the buffer):
+    # one more pooled step, then the update fires on the same step as in the first run.
+    method.update_banks((step1, step1), y)
+    resumed = make(CLD, confs_iter=2, confs_momentum=0.5)
+    resumed.load_state_dict(method.state_dict())
+    assert resumed._conf_steps == int(method.conf_steps) == 5
+    for m in (method, resumed):
+        m.update_banks((step1, step1), y)
+    assert torch.equal(resumed.confs, method.confs) and int(resumed.conf_steps) == 6
+
 
 def test_cld_cps_term_is_class_weighted_and_sampled_by_own_prediction():
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
+from monai.networks.utils import one_hot
 from torch import Tensor
 
 from semimed.losses import hard_labels
@@ -50,8 +50,9 @@ def hard_dice_per_class(logits: Tensor, labels: Tensor) -> Tensor:
     """Dice (C,) of the argmax of logits (B, C, ...) against labels (B, 1, ...), pooled over the
     batch, background included; NaN for a class absent from both (Dice undefined there)."""
     c = logits.shape[1]
-    pred = F.one_hot(hard_labels(logits), c).movedim(-1, 1).float()
-    true = F.one_hot(labels[:, 0].long(), c).movedim(-1, 1).float()
+    # MONAI's one_hot (a scatter): F.one_hot reads the labels' range back to the host on a CPU
+    pred = one_hot(hard_labels(logits, keepdim=True), c)
+    true = one_hot(labels.long(), c)
     dims = [0, *range(2, pred.dim())]
     tp = (pred * true).sum(dims)
     total = pred.sum(dims) + true.sum(dims)
@@ -128,7 +129,7 @@ def label_class_sums(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     class-wise confidence kept by CLD's confidence bank (Lin et al., MICCAI 2022) and by the
     confidence array of Basak et al. (MICCAI 2022)."""
     c = values.shape[1]
-    onehot = F.one_hot(labels[:, 0].long(), c).movedim(-1, 1).to(values.dtype)
+    onehot = one_hot(labels.long(), c, dtype=values.dtype)
     dims = [0, *range(2, values.dim())]
     return (values * onehot).sum(dims).float(), onehot.sum(dims).float()
 

@@ -55,6 +55,9 @@ class Optimization:
     autocast: object  # () -> context manager
     trainable: list
     grad_clip: float
+    # Skip a non-finite update on the device instead of deciding on the host: the optimizer's
+    # fused kernels take a ``found_inf`` flag (as under a GradScaler); see `optimizer_step`.
+    sync_free: bool = False
 
     def state_dict(self) -> dict:
         return {
@@ -83,19 +86,31 @@ def make_optimization(method: torch.nn.Module, t, device: torch.device) -> Optim
     )
     autocast, dtype = autocast_for(device, t.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    return Optimization(optimizer, scheduler, scaler, autocast, trainable, t.grad_clip)
+    # Fused kernels (CUDA: `build_optimizer`) accept found_inf; fp16's GradScaler sets its own.
+    sync_free = bool(optimizer.defaults.get("fused")) and not scaler.is_enabled()
+    return Optimization(
+        optimizer, scheduler, scaler, autocast, trainable, t.grad_clip, sync_free=sync_free
+    )
 
 
 def optimizer_step(
     loss: torch.Tensor, opt: Optimization, method: torch.nn.Module | None = None, world: int = 1
-) -> bool:
+) -> bool | torch.Tensor:
     """Backward `loss`, clip, step the optimizer and the schedule; under DDP (`world` > 1)
     copy rank 0's buffers of `method` to every process afterwards.
 
     A non-finite loss or gradient norm (on any process) skips the update: the gradients are
     dropped, the schedule still advances (the learning rate stays a function of the step), and
     False is returned so the loop can count it. With fp16 the GradScaler handles overflowing
-    gradients itself, as usual."""
+    gradients itself, as usual.
+
+    Sync-free path (`Optimization.sync_free`: a fused optimizer, on CUDA, once it holds state):
+    the decision stays on the device. The fused kernels receive ``found_inf`` = 1 - finite and
+    leave parameters, moments and step counts as they were when it is 1 (PyTorch's GradScaler
+    protocol), and the return value is that 0-dim float tensor (1.0 applied, 0.0 skipped),
+    which the loop reads back only at its validation points: no host synchronisation in the
+    step. The first update always takes the host path: SGD's fused kernel would keep
+    momentum buffers it allocated but never wrote."""
     opt.optimizer.zero_grad(set_to_none=True)
     opt.scaler.scale(loss).backward()
     finite = torch.isfinite(loss.detach()).float()
@@ -106,11 +121,20 @@ def optimizer_step(
         norm = torch.nn.utils.get_total_norm([p.grad for p in opt.trainable if p.grad is not None])
     if not opt.scaler.is_enabled():
         finite = finite * torch.isfinite(norm).float()
-    stepped = bool(distributed.all_min(finite, world).item())  # every process decides alike
-    if stepped:
-        opt.scaler.step(opt.optimizer)
+    finite = distributed.all_min(finite, world)  # every process decides alike
+    if opt.sync_free and opt.optimizer.state:
+        opt.optimizer.found_inf, opt.optimizer.grad_scale = 1.0 - finite, None
+        try:
+            opt.optimizer.step()
+        finally:
+            opt.optimizer.found_inf = None
+        stepped: bool | torch.Tensor = finite
     else:
-        opt.optimizer.zero_grad(set_to_none=True)
+        stepped = bool(finite.item())
+        if stepped:
+            opt.scaler.step(opt.optimizer)
+        else:
+            opt.optimizer.zero_grad(set_to_none=True)
     opt.scaler.update()
     opt.scheduler.step()
     if method is not None:

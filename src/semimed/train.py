@@ -111,6 +111,7 @@ def train_run(
             if lead:
                 print(f"resuming {cfg.task}/{method_name}/seed{seed} from step {start}")
         step_fn = distributed.step_function(method, device, world)
+        skips = _DeviceSkips()
         run = f"{cfg.task}/{method_name}/seed{seed}"
 
         metric = spec(cfg.task).headline
@@ -146,20 +147,33 @@ def train_run(
                 stepped = optimizer_step(terms["loss"], opt, method, world)
                 if first_step is None and cfg.train.compile:
                     first_step = time.perf_counter() - began
-                _count_skip(tracker, stepped, step, run, cfg.task, t.max_nonfinite)
-                if stepped:
+                if isinstance(stepped, torch.Tensor):  # decided on the device: no sync
+                    skips.record(stepped, tracker.nonfinite_run)
+                    method.update_applied = stepped
                     method.on_step_end(step)
                     _unsup_ratio(terms)
-                    for k, v in terms.items():  # stays on the device: no sync every step
-                        sums[k] = sums.get(k, 0.0) + v.detach().float()
-                if step % 10 == 0 and lead:
+                    for k, v in terms.items():  # a skipped step adds 0, as on the host path
+                        v = torch.where(stepped > 0, v.detach().float(), 0.0)
+                        sums[k] = sums.get(k, 0.0) + v
+                else:
+                    _count_skip(tracker, stepped, step, run, cfg.task, t.max_nonfinite)
+                    if stepped:
+                        method.update_applied = None
+                        method.on_step_end(step)
+                        _unsup_ratio(terms)
+                        for k, v in terms.items():  # stays on the device: no sync every step
+                            sums[k] = sums.get(k, 0.0) + v.detach().float()
+                if step % 10 == 0 and lead and not opt.sync_free:
                     bar.set_postfix(
                         {k: f"{float(v.detach()):.3f}" for k, v in terms.items()}, refresh=False
                     )
 
                 done = step + 1
                 stop = False
-                if done % t.eval_every == 0 or done == t.steps:
+                at_eval = done % t.eval_every == 0 or done == t.steps
+                if at_eval or done % t.checkpoint_every == 0:  # host syncs here anyway
+                    skips.flush(tracker, done, run, cfg.task, t.max_nonfinite)
+                if at_eval:
                     means = distributed.mean_over_processes(sums, world)
                     sums = {}
                     if lead:
@@ -239,12 +253,50 @@ def _count_skip(tracker, stepped: bool, step: int, run: str, task: str, limit: i
     streak = tracker.skipped(not stepped)
     if not stepped:
         print(f"warning: {run}: non-finite loss or gradients at step {step + 1}; update skipped")
+    _stop_if(streak, limit, step + 1, run, task)
+
+
+def _stop_if(streak: int, limit: int, step: int, run: str, task: str) -> None:
     if streak >= limit:
         raise RuntimeError(
             f"{run}: {streak} steps in a row with a non-finite loss or gradients (up to step "
-            f"{step + 1}); stopping. Lower {task}.train.lr, set {task}.train.grad_clip, or "
+            f"{step}); stopping. Lower {task}.train.lr, set {task}.train.grad_clip, or "
             "check the data for NaN"
         )
+
+
+class _DeviceSkips:
+    """Updates skipped on the device (`optimizer_step`'s sync-free path), counted there: one
+    tensor (skipped so far, skipped in a row now, longest run in a row) that `flush` reads back
+    into the `Tracker` at the loop's validation and checkpoint points. A run of
+    `train.max_nonfinite` skips therefore stops the run at the next such point."""
+
+    def __init__(self) -> None:
+        self.state = None
+
+    def record(self, applied: torch.Tensor, run_before: int) -> None:
+        """Count one step; `applied` is 1.0 or 0.0 (0-dim, on the device)."""
+        if self.state is None:  # carries the tracker's run in a row (host steps, resumes)
+            self.state = applied.new_tensor([0.0, run_before, run_before])
+        skipped = 1.0 - applied
+        self.state[0] += skipped
+        self.state[1].add_(1.0).mul_(skipped)
+        torch.maximum(self.state[2], self.state[1], out=self.state[2])
+
+    def flush(self, tracker, step: int, run: str, task: str, limit: int) -> None:
+        """Add the skips since the last flush to `tracker`; warn; stop after `limit` in a row."""
+        if self.state is None:
+            return
+        skipped, in_a_row, longest = (int(v) for v in self.state.tolist())
+        self.state = None
+        tracker.nonfinite += skipped
+        tracker.nonfinite_run = in_a_row
+        if skipped:
+            print(
+                f"warning: {run}: {skipped} update(s) skipped (non-finite loss or gradients) "
+                f"by step {step}"
+            )
+        _stop_if(longest, limit, step, run, task)
 
 
 def _device(device: torch.device, world: int) -> str:

@@ -50,6 +50,11 @@ class Method(nn.Module):
     # (a subclass inherits them unless it declares its own).
     intrinsic_passes: ClassVar[Callable[[int, int, Any], tuple[int, int]]]
     intrinsic_why: ClassVar[str]
+    # Set by the loop before ``on_step_end`` when it skips non-finite updates on the device
+    # (`semimed.optimization.optimizer_step`'s sync-free path, a GPU): a 0-dim tensor, 1.0 if
+    # this step's update took effect, else 0.0; None = it did (the loop calls ``on_step_end``
+    # only after an applied update). EMA updates pass it to `semimed.ema.update_ema`.
+    update_applied: Tensor | None = None
 
     def __init__(
         self,
@@ -130,7 +135,8 @@ class EvaluatesEMA(Method):
 
     def on_step_end(self, step: int) -> None:
         if self.ema is not None:
-            update_ema(self.ema, self.net, warmup_decay(self.params.ema_decay, step))
+            decay = warmup_decay(self.params.ema_decay, step)
+            update_ema(self.ema, self.net, decay, self.update_applied)
 
     def inference_model(self) -> nn.Module:
         return self.net if self.ema is None else self.ema

@@ -47,6 +47,7 @@ from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from monai.networks.utils import one_hot
 from torch import Tensor, nn
 
 from semimed.config.checks import Checked, OneOf, Range
@@ -70,7 +71,7 @@ def fairness_loss(logits_s: Tensor, mask: Tensor, p_model: Tensor, label_hist: T
     """``sum_c a_c log b_c`` of the module docstring; logits_s (U, C), mask (U,), EMAs (C,)."""
     probs_s = logits_s.float().softmax(dim=1)
     keep = mask.to(probs_s.dtype)[:, None]
-    hist = (F.one_hot(probs_s.argmax(dim=1), probs_s.shape[1]) * keep).sum(dim=0)
+    hist = (one_hot(probs_s.argmax(dim=1, keepdim=True), probs_s.shape[1]) * keep).sum(dim=0)
     present = hist > 0
     # Sums, not means, over masked samples: the constant factors cancel in SumNorm.
     ratio = torch.where(present, (probs_s * keep).sum(dim=0) / hist.clamp_min(1), 0.0)
@@ -139,7 +140,8 @@ class FreeMatch(EvaluatesEMA):
         (under DDP: those of every process)."""
         probs = all_rows(probs)
         m = self.params.momentum
-        hist = F.one_hot(probs.argmax(dim=1), self.num_classes).to(probs.dtype).mean(dim=0)
+        predicted = probs.argmax(dim=1, keepdim=True)
+        hist = one_hot(predicted, self.num_classes, dtype=probs.dtype).mean(dim=0)
         self.tau.lerp_(probs.max(dim=1).values.mean(), 1.0 - m)
         self.p_model.lerp_(probs.mean(dim=0), 1.0 - m)
         self.label_hist.lerp_(hist, 1.0 - m)

@@ -36,6 +36,7 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from monai.networks.utils import one_hot
 from torch import Tensor
 
 from semimed.config.checks import Checked, Range
@@ -84,7 +85,7 @@ class MixMatch(EvaluatesEMA):
             probs_w, probs_w2 = self.net(torch.cat([x_ulb_w, x_ulb_w2])).float().softmax(1).chunk(2)
             guess = sharpen((probs_w + probs_w2) / 2, self.params.temperature)
 
-        targets = torch.cat([F.one_hot(batch["y_lb"], self.num_classes).float(), guess, guess])
+        targets = torch.cat([one_hot(batch["y_lb"][:, None], self.num_classes), guess, guess])
         lam, perm = self.draw_mixup(len(targets))
         mixed_x, mixed_t = mixup(
             torch.cat([x_lb, x_ulb_w, x_ulb_w2]), targets, lam, perm.to(targets.device)

@@ -221,7 +221,8 @@ class TEAR(Method):
             )
 
     def on_step_end(self, step: int) -> None:
-        update_ema(self.teacher, self.net, warmup_decay(self.params.ema_decay, step))
+        decay = warmup_decay(self.params.ema_decay, step)
+        update_ema(self.teacher, self.net, decay, self.update_applied)
 
     def inference_model(self) -> nn.Module:
         return self.teacher

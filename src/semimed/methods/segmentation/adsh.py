@@ -41,7 +41,7 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
-from semimed.class_weights import ema_
+from semimed.class_weights import class_counts, ema_
 from semimed.config.checks import Range
 from semimed.losses import hard_labels, masked_cross_entropy, weighted_ce
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
@@ -56,11 +56,12 @@ def score_statistics(probs: Tensor, tau_major: float) -> tuple[Tensor, Tensor, T
     Read in the input's layout (no (C, voxels) copy): class c's bins are offset by c * BINS."""
     probs = probs.detach().float()
     c = probs.shape[1]
-    bins = (probs * BINS).int().clamp_(0, BINS - 1)  # int32: c * BINS is far below 2^31
-    offsets = torch.arange(c, dtype=torch.int32, device=probs.device) * BINS
+    bins = (probs * BINS).long().clamp_(0, BINS - 1)
+    offsets = torch.arange(c, device=probs.device) * BINS
     bins += offsets.view((1, c) + (1,) * (probs.dim() - 2))
-    hist = torch.bincount(bins.flatten(), minlength=c * BINS).view(c, BINS).float()
-    predicted = torch.bincount(hard_labels(probs).flatten(), minlength=c).float()
+    # Counted by scatter-add (class_counts), not bincount: no host sync on a GPU.
+    hist = class_counts(bins, c * BINS).view(c, BINS)
+    predicted = class_counts(hard_labels(probs), c)
     dims = [0, *range(2, probs.dim())]
     return hist, predicted, (probs > tau_major).sum(dims).float()
 
@@ -75,8 +76,8 @@ def adaptive_thresholds(hist: Tensor, predicted: Tensor, confident: Tensor) -> T
     statistics yet), so everything passes.
     """
     bins = hist.shape[1]
-    major = predicted.argmax()
-    quota = confident[major] / predicted[major].clamp_min(1e-8) * predicted
+    major = predicted.argmax(0, keepdim=True)  # a tensor index: no host read on a GPU
+    quota = confident.gather(0, major) / predicted.gather(0, major).clamp_min(1e-8) * predicted
     tail = hist.flip(1).cumsum(1).flip(1)  # tail[c, k]: class-c scores in bins >= k
     k = (tail > quota[:, None]).sum(1, keepdim=True) - 1  # last bin whose tail exceeds quota
     kc = k.clamp_min(0)

@@ -84,6 +84,14 @@ class CLD(CrossPseudoSupervision):
         self.register_buffer("conf_sums", torch.zeros(2, c))
         self.register_buffer("conf_counts", torch.zeros(2, c))
         self.register_buffer("conf_steps", torch.zeros((), dtype=torch.long))
+        # Its host copy decides when the bank updates (reading the buffer would sync a GPU
+        # every step); refreshed from the buffer when a checkpoint loads.
+        self._conf_steps = 0
+        self.register_load_state_dict_post_hook(CLD._sync_steps)
+
+    @staticmethod
+    def _sync_steps(module: CLD, incompatible_keys: Any) -> None:
+        module._conf_steps = int(module.conf_steps)
 
     @torch.no_grad()
     def update_banks(self, labeled_logits: tuple[Tensor, Tensor], y_lb: Tensor) -> None:
@@ -94,7 +102,8 @@ class CLD(CrossPseudoSupervision):
             self.conf_sums[k] += sums
             self.conf_counts[k] += counts
         self.conf_steps += 1
-        steps, every = int(self.conf_steps), self.params.confs_iter
+        self._conf_steps += 1
+        steps, every = self._conf_steps, self.params.confs_iter
         if steps % every:
             return
         fresh = self.conf_sums / (self.conf_counts + 1e-12)
