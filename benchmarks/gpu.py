@@ -194,6 +194,7 @@ def bench_method(cfg, data, name: str, device: torch.device, steps: tuple, peak)
         "sync_free_optimizer": runner.opt.sync_free,
         "prefetch": cfg.train.prefetch,
         "compile": cfg.train.compile,
+        "channels_last": cfg.train.channels_last,
     }
 
 
@@ -266,6 +267,7 @@ def markdown(res: dict) -> str:
     for task, t in res["tasks"].items():
         first = t["methods"][0] if t["methods"] else {}
         knobs = f"prefetch {first.get('prefetch', 0)}, compile {first.get('compile', False)}"
+        knobs += f", channels-last {first.get('channels_last', False)}"
         lines += ["", f"**{task}** ({t['sizes']}; {knobs})", "", header]
         lines.append("| --- |" + " ---: |" * 8)
         for r in t["methods"]:

@@ -28,7 +28,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from semimed import build
+from semimed import build, runtime
 from semimed.data.loaders import train_batches
 from semimed.methods import METHODS, Method
 from semimed.optimization import make_optimization, optimizer_step
@@ -103,6 +103,8 @@ class StepRunner:
         self.cls = build.method_class(cfg.task, name)
         torch.manual_seed(0)
         self.method = build.method_for_data(cfg, data, self.cls).to(device)
+        if cfg.train.channels_last:  # as the loop
+            runtime.to_channels_last(self.method, data.spatial_dims)
         stream = train_batches(data, cfg, build.stream_spec(self.cls), seed=0, device=device)
         self.batch = next(stream)
         self.opt = make_optimization(self.method, cfg.train, device)

@@ -166,3 +166,47 @@ def test_segmentation_crops_without_metadata_are_the_same_batches(prepared, monk
     monkeypatch.setattr(loaders, "plain_tensors", contextlib.nullcontext)
     slow = make()
     assert all(_equal(a, next(slow)) for a in fast_batches)
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_channels_last_runs_the_same_model(prepared, tmp_path, monkeypatch, task):  # noqa: F811
+    """`train.channels_last`: the loop restrides every network's conv weights (NHWC / NDHWC)
+    before the optimizer sees them and trains; one step of the restrided method gives the
+    contiguous one's loss and gradients within float rounding (the conv kernels differ)."""
+    from semimed import build
+
+    cfg, processed, splits = prepared[task]
+    data = load_task_data(cfg, processed, splits)
+    files = [processed / "manifest.json", splits]
+    fmt = torch.channels_last_3d if data.spatial_dims == 3 else torch.channels_last
+
+    def convs(method):
+        return [p for p in method.parameters() if p.dim() == data.spatial_dims + 2]
+
+    seen = []
+    real = runtime.to_channels_last
+
+    def spy(method, spatial_dims):
+        real(method, spatial_dims)
+        seen.append(all(p.is_contiguous(memory_format=fmt) for p in convs(method)))
+
+    monkeypatch.setattr(runtime, "to_channels_last", spy)
+    c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=True))
+    summary = train_run(c, data, "mean_teacher", 0, tmp_path / "m", tmp_path / "l", files)
+    assert seen == [True] and summary["last_step"] == cfg.train.steps
+
+    cls = build.method_class(task, "mean_teacher")
+    batch = next(train_batches(data, cfg, build.stream_spec(cls), 0, torch.device("cpu")))
+    grads = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        method = build.method_for_data(cfg, data, cls)
+        if on:
+            real(method, data.spatial_dims)
+        torch.manual_seed(1)  # the same dropout masks
+        loss = method.training_step(batch, 0)["loss"]
+        loss.backward()
+        grads[on] = (loss.detach(), [p.grad.clone() for p in convs(method) if p.requires_grad])
+    assert grads[True][1] and torch.allclose(grads[True][0], grads[False][0], rtol=1e-5)
+    for a, b in zip(grads[True][1], grads[False][1], strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)

@@ -90,6 +90,8 @@ def train_run(
         batches = train_batches(data, cfg, build.stream_spec(method_cls), seed, device, rank, world)
         if cfg.train.prefetch:
             batches = Prefetcher(batches, cfg.train.prefetch)
+        if cfg.train.channels_last:
+            runtime.to_channels_last(method, data.spatial_dims)
         if cfg.train.compile:
             runtime.compile_networks(method)
         steps = convergence.budget(cfg.train.steps, cfg.train.epochs, _pools(batches))

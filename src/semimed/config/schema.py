@@ -202,6 +202,9 @@ class Train(Checked):
     # torch.compile the method's networks (Module.compile, in place); the first step's wall
     # time (compilation included) goes to train.json
     compile: bool = False
+    # convolution weights in channels-last memory format (NHWC / NDHWC), which the GPU's
+    # tensor-core convolutions prefer (the gpu preset); the same model, no gain on a CPU
+    channels_last: bool = False
 
     def cross_checks(self) -> None:
         require(
