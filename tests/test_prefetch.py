@@ -210,3 +210,30 @@ def test_channels_last_runs_the_same_model(prepared, tmp_path, monkeypatch, task
     assert grads[True][1] and torch.allclose(grads[True][0], grads[False][0], rtol=1e-5)
     for a, b in zip(grads[True][1], grads[False][1], strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_plain_tensors_from_two_threads_restores_the_flag():
+    """The main thread and a prefetch thread crop at once, the main thread leaving first (the
+    interleaving that left MONAI's process-wide flag off when each saved and restored it)."""
+    import threading
+
+    from monai.data import get_track_meta
+
+    from semimed.data.loaders import plain_tensors
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def worker():
+        with plain_tensors():
+            inside.set()
+            leave.wait(5)
+
+    assert get_track_meta() is True
+    with plain_tensors():
+        thread = threading.Thread(target=worker)
+        thread.start()
+        assert inside.wait(5) and get_track_meta() is False
+    assert get_track_meta() is False  # the worker is still cropping
+    leave.set()
+    thread.join(5)
+    assert get_track_meta() is True

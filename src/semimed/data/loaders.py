@@ -23,6 +23,7 @@ would. Under DDP every process draws the same global batch and keeps its own con
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -269,17 +270,32 @@ def _views(views: dict, images: torch.Tensor, positions: torch.Tensor) -> dict:
     return out
 
 
+# MONAI's metadata switch is one process-wide flag: `plain_tensors` counts the streams
+# inside it (a prefetch thread and the main thread may both crop) so that the last one out
+# restores the value the first one in found.
+_PLAIN = {"lock": threading.Lock(), "inside": 0, "before": True}
+
+
 @contextlib.contextmanager
 def plain_tensors():
     """MONAI transforms return plain tensors inside (``set_track_meta(False)``), restored after.
     The crops' MetaTensor bookkeeping (metadata, applied operations) was ~45 % of a training
-    batch's time and nothing downstream reads it; the values are the same (tested)."""
-    before = get_track_meta()
-    set_track_meta(False)
+    batch's time and nothing downstream reads it; the values are the same (tested). Safe
+    from several threads: the flag is restored when the last of them leaves (while one is
+    inside, MONAI transforms in other threads return plain tensors too; the loop's main
+    thread runs none that read metadata)."""
+    with _PLAIN["lock"]:
+        if _PLAIN["inside"] == 0:
+            _PLAIN["before"] = get_track_meta()
+            set_track_meta(False)
+        _PLAIN["inside"] += 1
     try:
         yield
     finally:
-        set_track_meta(before)
+        with _PLAIN["lock"]:
+            _PLAIN["inside"] -= 1
+            if _PLAIN["inside"] == 0:
+                set_track_meta(_PLAIN["before"])
 
 
 def _stack(arrays, device) -> torch.Tensor:
