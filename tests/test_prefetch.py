@@ -151,7 +151,7 @@ def test_fused_optimizer_only_on_cuda():
 
 
 def test_segmentation_crops_without_metadata_are_the_same_batches(prepared, monkeypatch):  # noqa: F811
-    """The stream crops with MONAI's metadata tracking off (`loaders.plain_tensors`): the
+    """The stream crops with MONAI's metadata tracking off (`track_meta.plain_tensors`): the
     same batches as with it on, and the global setting is restored after each batch."""
     import contextlib
 
@@ -219,7 +219,7 @@ def test_plain_tensors_from_two_threads_restores_the_flag():
 
     from monai.data import get_track_meta
 
-    from semimed.data.loaders import plain_tensors
+    from semimed.data.track_meta import plain_tensors
 
     inside, leave = threading.Event(), threading.Event()
 

@@ -149,22 +149,22 @@ def train_run(
                 stepped = optimizer_step(terms["loss"], opt, method, world)
                 if first_step is None and cfg.train.compile:
                     first_step = time.perf_counter() - began
-                if isinstance(stepped, torch.Tensor):  # decided on the device: no sync
+                # A device flag (sync-free path): counted there; the step's work below runs
+                # and is weighted by it. A host bool: counted now; a skipped step ends here.
+                on_device = isinstance(stepped, torch.Tensor)
+                if on_device:
                     skips.record(stepped, tracker.nonfinite_run)
-                    method.update_applied = stepped
-                    method.on_step_end(step)
-                    _unsup_ratio(terms)
-                    for k, v in terms.items():  # a skipped step adds 0, as on the host path
-                        v = torch.where(stepped > 0, v.detach().float(), 0.0)
-                        sums[k] = sums.get(k, 0.0) + v
                 else:
                     _count_skip(tracker, stepped, step, run, cfg.task, t.max_nonfinite)
-                    if stepped:
-                        method.update_applied = None
-                        method.on_step_end(step)
-                        _unsup_ratio(terms)
-                        for k, v in terms.items():  # stays on the device: no sync every step
-                            sums[k] = sums.get(k, 0.0) + v.detach().float()
+                if on_device or stepped:
+                    method.update_applied = stepped if on_device else None
+                    method.on_step_end(step)
+                    _unsup_ratio(terms)
+                    for k, v in terms.items():  # stays on the device: no sync every step
+                        v = v.detach().float()
+                        if on_device:  # a skipped step adds 0, as on the host path
+                            v = torch.where(stepped > 0, v, 0.0)
+                        sums[k] = sums.get(k, 0.0) + v
                 if step % 10 == 0 and lead and not opt.sync_free:
                     bar.set_postfix(
                         {k: f"{float(v.detach()):.3f}" for k, v in terms.items()}, refresh=False

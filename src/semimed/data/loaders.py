@@ -22,14 +22,11 @@ would. Under DDP every process draws the same global batch and keeps its own con
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.data import get_track_meta, set_track_meta
 from monai.transforms import (
     ClassesToIndicesd,
     Compose,
@@ -43,6 +40,7 @@ from monai.transforms import (
 
 from semimed.config import ConfigError, TaskConfig
 from semimed.data.taskdata import TaskData
+from semimed.data.track_meta import plain_tensors
 from semimed.runtime import numpy_rng_state, set_numpy_rng_state
 from semimed.tasks import spec
 from semimed.transforms import seed_transform, strong_augment, weak_augment
@@ -268,34 +266,6 @@ def _views(views: dict, images: torch.Tensor, positions: torch.Tensor) -> dict:
     out = {f"x_ulb_{v}": t({"image": images})["image"] for v, t in views.items()}
     out["i_ulb"] = positions
     return out
-
-
-# MONAI's metadata switch is one process-wide flag: `plain_tensors` counts the streams
-# inside it (a prefetch thread and the main thread may both crop) so that the last one out
-# restores the value the first one in found.
-_PLAIN = {"lock": threading.Lock(), "inside": 0, "before": True}
-
-
-@contextlib.contextmanager
-def plain_tensors():
-    """MONAI transforms return plain tensors inside (``set_track_meta(False)``), restored after.
-    The crops' MetaTensor bookkeeping (metadata, applied operations) was ~45 % of a training
-    batch's time and nothing downstream reads it; the values are the same (tested). Safe
-    from several threads: the flag is restored when the last of them leaves (while one is
-    inside, MONAI transforms in other threads return plain tensors too; the loop's main
-    thread runs none that read metadata)."""
-    with _PLAIN["lock"]:
-        if _PLAIN["inside"] == 0:
-            _PLAIN["before"] = get_track_meta()
-            set_track_meta(False)
-        _PLAIN["inside"] += 1
-    try:
-        yield
-    finally:
-        with _PLAIN["lock"]:
-            _PLAIN["inside"] -= 1
-            if _PLAIN["inside"] == 0:
-                set_track_meta(_PLAIN["before"])
 
 
 def _stack(arrays, device) -> torch.Tensor:

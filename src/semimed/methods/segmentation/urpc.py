@@ -44,12 +44,14 @@ from semimed.losses import DICE_FORMS, ramped_terms, seg_supervised_loss, with_u
 from semimed.methods.base import Method
 
 
-def pyramid_uncertainty(log_probs: Tensor) -> tuple[Tensor, Tensor]:
+def pyramid_uncertainty(log_probs: Tensor, probs: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-scale divergence from the mean: log_probs (U, S, C, ...) -> (u, p_mean).
 
     u (U, S, 1, ...) = sum_c p_mean * (log p_mean - log p_s); p_mean (U, 1, C, ...).
+    ``probs``: ``log_probs.exp()`` where the caller has it already.
     """
-    p_mean = log_probs.exp().mean(1, keepdim=True)
+    probs = log_probs.exp() if probs is None else probs
+    p_mean = probs.mean(1, keepdim=True)
     u = (torch.xlogy(p_mean, p_mean) - p_mean * log_probs).sum(2, keepdim=True)
     return u, p_mean
 
@@ -74,8 +76,7 @@ class _PyramidConsistency(torch.autograd.Function):
     def forward(ctx: Any, z: Tensor) -> Tensor:
         log_p = z.log_softmax(2)
         p = log_p.exp()
-        p_mean = p.mean(1, keepdim=True)
-        u = (torch.xlogy(p_mean, p_mean) - p_mean * log_p).sum(2, keepdim=True)
+        u, p_mean = pyramid_uncertainty(log_p, p)
         w = torch.exp(-u)
         diff = p - p_mean
         q = diff.square().mean(2, keepdim=True)
