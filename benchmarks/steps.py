@@ -11,7 +11,8 @@ other whenever one of them is descheduled).
 
 Beside the ratio to ``supervised``: the DECLARED intrinsic cost (each Method class states the
 images it forwards and back-propagates per step; cost model forward 1, backward 2 per image,
-so ``supervised`` costs 3 B), the MEASURED passes (`PassCounter`), the FLOPs of a step
+so ``supervised`` costs 3 B; side layers, copies of the network's output layer trained on
+every pass, at their measured share of a pass's FLOPs), the MEASURED passes (`PassCounter`), the FLOPs of a step
 (``FlopCounterMode``) and the ops that take most of its CPU time. waste = ratio / intrinsic
 ratio: above `table.TARGETS["waste"]` a method spends time its algorithm does not need.
 """
@@ -19,6 +20,7 @@ ratio: above `table.TARGETS["waste"]` a method spends time its algorithm does no
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import statistics
 import sys
@@ -31,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from semimed import build, runtime
 from semimed.data.loaders import train_batches
 from semimed.methods import METHODS, Method
+from semimed.networks import output_layer
 from semimed.optimization import make_optimization, optimizer_step
 
 DEVICE = torch.device("cpu")
@@ -42,18 +45,41 @@ def registered(task: str) -> tuple[str, ...]:
     return tuple(METHODS[task])
 
 
-def intrinsic_cost(cls: type[Method], params, b: int, u: int) -> dict | None:
+def intrinsic_cost(
+    cls: type[Method], params, b: int, u: int, side_share: float = 0.0
+) -> dict | None:
     """What ``cls`` declares one training step needs (``Method.intrinsic_passes``,
-    ``intrinsic_why``) for b labeled and u = mu * b unlabeled images (segmentation: crops) and
-    its parsed ``params``: images forwarded and back-propagated through the task's network(s)
-    and their cost (forward + 2 * backward) in units of supervised's 3 b; None if ``cls``
-    declares nothing."""
+    ``intrinsic_why``, ``intrinsic_side_layers``) for b labeled and u = mu * b unlabeled images
+    (segmentation: crops) and its parsed ``params``: images forwarded and back-propagated
+    through the task's network(s) and their cost (forward + 2 * backward) in units of
+    supervised's 3 b; a pass through a network with k side layers (copies of its output layer)
+    costs 1 + k * ``side_share`` (`output_layer_share`). None if ``cls`` declares nothing."""
     rule = getattr(cls, "intrinsic_passes", None)
     if rule is None:
         return None
     fwd, bwd = rule(b, u, params)
-    cost = round((fwd + 2 * bwd) / (3 * b), 3)
-    return {"fwd": fwd, "bwd": bwd, "cost": cost, "why": cls.intrinsic_why}
+    side = cls.intrinsic_side_layers
+    exact = (fwd + 2 * bwd) * (1.0 + side * side_share) / (3 * b)
+    out = {"fwd": fwd, "bwd": bwd, "cost": round(exact, 3), "exact": exact}
+    if side:
+        out["side_layers"] = {"count": side, "share": round(side_share, 4)}
+    return out | {"why": cls.intrinsic_why}
+
+
+def output_layer_share(net: torch.nn.Module, x: torch.Tensor) -> float:
+    """FLOPs (`FlopCounterMode`) of forward + backward of ``net``'s output layer
+    (`semimed.networks.output_layer`; weights and input gradients, as inside the network)
+    over those of the whole network, in training mode on the batch ``x``; on copies, so
+    ``net`` keeps its gradients."""
+    net = copy.deepcopy(net).train()
+    captured = []
+    output_layer(net).register_forward_hook(lambda m, i, o: captured.append(i[0].detach()))
+    with FlopCounterMode(display=False) as whole:
+        net(x).float().sum().backward()
+    layer = copy.deepcopy(output_layer(net))
+    with FlopCounterMode(display=False) as one:
+        layer(captured[0].requires_grad_()).float().sum().backward()
+    return one.get_total_flops() / whole.get_total_flops()
 
 
 class PassCounter:
@@ -172,6 +198,10 @@ def bench_methods(cfg, data, one: tuple, wall: tuple) -> list[dict]:
     b = cfg.train.batch_size
     u = b * cfg.train.unlabeled_ratio
     base_cpu = statistics.median(runners["supervised"].cpu)
+    share = 0.0
+    if any(r.cls.intrinsic_side_layers for r in runners.values()):
+        base = runners["supervised"]
+        share = output_layer_share(base.method.net, base.batch["x_lb"])
     rows = []
     for name, r in runners.items():
         passes, gflop = info[name]["passes"], info[name]["gflop"]
@@ -189,10 +219,9 @@ def bench_methods(cfg, data, one: tuple, wall: tuple) -> list[dict]:
             "gflops_per_s": round(gflop / wall, 1),
             "top_ops": info[name]["top_ops"],
         }
-        declared = intrinsic_cost(r.cls, r.method.params, b, u)
+        declared = intrinsic_cost(r.cls, r.method.params, b, u, share)
         if declared is not None:
             row["intrinsic"] = declared
-            cost = (declared["fwd"] + 2 * declared["bwd"]) / (3 * b)  # unrounded
-            row["waste"] = round(cpu / base_cpu / cost, 3)
+            row["waste"] = round(cpu / base_cpu / declared.pop("exact"), 3)
         rows.append(row)
     return rows

@@ -85,13 +85,21 @@ def _method_row(r: dict) -> list:
         f"{r['ratio']:.2f}",
         _fmt(i and i["cost"]),
         f"{flag}{_fmt(r.get('waste'))}{flag}",
-        f"{i['fwd']} / {i['bwd']}" if i else "undeclared",
+        _declared(i),
         f"{p['fwd_grad']}+{p['fwd_no_grad']} / {p['bwd']}",
         _fmt(r["flop_ratio"]),
         _fmt(r["ratio"] / r["flop_ratio"] if r["flop_ratio"] else None),
         f"{r['gflops_per_s']:.0f}",
         ", ".join(f"{name} {share}" for name, share in r["top_ops"]),
     ]
+
+
+def _declared(i: dict | None) -> str:
+    if not i:
+        return "undeclared"
+    side = i.get("side_layers")
+    extra = f" (+ {side['count']} x {side['share']:.2f} side layers)" if side else ""
+    return f"{i['fwd']} / {i['bwd']}{extra}"
 
 
 def _data_row(task: str, d: dict) -> list:
@@ -158,11 +166,12 @@ def markdown(res: dict) -> str:
             f"median CPU time of {rows[0]['steps_timed']['one_thread']} steps on one thread; "
             "x supervised and waste (= x supervised / intrinsic x) use it. "
             "Passes: images forwarded / back-propagated per step, declared and measured by hooks "
-            "(with grad + without); cost model forward 1, backward 2 per image. "
-            "x sup. / FLOP x sup.: the time ratio against the ratio of convolution and matmul "
-            "FLOPs (`FlopCounterMode`), which also counts layers no pass declares (DST's "
-            "pseudo and worst-case heads) but not element-wise work (URPC's loss on three "
-            "full-size outputs).",
+            "(with grad + without); cost model forward 1, backward 2 per image; a method "
+            "that trains copies of the network's output layer on every pass (DST's pseudo and "
+            "worst-case heads: side layers) pays each at the output layer's share of a pass's "
+            "FLOPs. x sup. / FLOP x sup.: the time ratio against the ratio of convolution and "
+            "matmul FLOPs (`FlopCounterMode`), which leaves out element-wise work (URPC's loss "
+            "on three full-size outputs).",
         ]
         lines += _table(header, [_method_row(r) for r in rows])
     if res.get("data"):

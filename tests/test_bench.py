@@ -13,12 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import TINY, merge
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import bench, pipeline, steps, table
 from semimed import build
 from semimed.methods import METHODS
+from semimed.networks import output_layer
+from semimed.networks.segmentation import build_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +80,37 @@ def test_measured_passes_are_the_declared_ones(result):
             for key in ("step_ms", "cpu_ms_1_thread", "ratio", "waste", "gflop", "flop_ratio"):
                 assert _positive(r[key]), (task, r["method"], key, r[key])
         assert next(r for r in rows if r["method"] == "supervised")["ratio"] == 1.0
+
+
+def test_side_layers_are_priced_at_their_flops(result):
+    """DST's pseudo and worst-case heads (copies of the output layer) are declared as side
+    layers: the declared cost is the pair's 4 passes at 1 + 2 * the layer's share of a pass,
+    and the FLOPs it measures over CPS's (the same pair without heads) are that factor."""
+    rows = {r["method"]: r for r in result["methods"]["segmentation"]}
+    side = rows["dst"]["intrinsic"]["side_layers"]
+    assert side["count"] == 2 and 0 < side["share"] < 1
+    factor = 1 + 2 * side["share"]
+    assert rows["dst"]["intrinsic"]["cost"] == pytest.approx(
+        rows["cps"]["intrinsic"]["cost"] * factor, rel=1e-2
+    )
+    measured = rows["dst"]["flop_ratio"] / rows["cps"]["flop_ratio"]
+    assert measured == pytest.approx(factor, rel=0.05)
+    assert all("side_layers" not in r["intrinsic"] for name, r in rows.items() if name != "dst")
+
+
+def test_output_layer_share_of_a_unet():
+    """The share is the output layer's FLOPs over the network's, forward + backward: for a
+    transposed-convolution output layer, forward FLOPs = 2 * in * out * k^3 * input voxels."""
+    net = build_unet(spatial_dims=3, in_channels=1, num_classes=3, channels=[4, 8], dropout=0)
+    x = torch.randn(2, 1, 16, 16, 16)
+    share = steps.output_layer_share(net, x)
+    layer = output_layer(net)
+    assert isinstance(layer, torch.nn.ConvTranspose3d) and layer.out_channels == 3
+    layer_fwd = 2 * layer.in_channels * 3 * 27 * 2 * 8**3  # its input: 8^3 voxels, 2 crops
+    with FlopCounterMode(display=False) as whole:
+        net(x).sum().backward()
+    assert share == pytest.approx(3 * layer_fwd / whole.get_total_flops(), rel=1e-6)
+    assert 0 < share < 1
 
 
 def test_json_and_markdown_hold_every_section(result, workdir):

@@ -2,7 +2,8 @@
 
 Importing it marks a stage process: MONAI's first import in it skips MONAI's eager load of
 every subpackage (`semimed.monai_import`; ~2.5 s of start-up). Stage scripts import it before
-any module that imports MONAI (``from semimed import cli, ...`` comes first).
+any module that imports MONAI (``from semimed import cli, ...`` comes first). `main` keeps
+freed memory in the process (`semimed.heap`) before it runs the stage.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from semimed import monai_import
+from semimed import heap, monai_import
 from semimed.config import TASKS, ConfigError
 
 monai_import.install()
@@ -30,6 +31,7 @@ def parser(description: str, run: bool = False, task: bool = True) -> argparse.A
 
 def main(fn: Callable[[], None]) -> None:
     """Run a stage; bad params or data end it with one line naming the key or file."""
+    heap.keep_freed_memory()  # CPU steps reuse freed blocks instead of faulting in new pages
     try:
         fn()
     except (ConfigError, FileNotFoundError) as err:

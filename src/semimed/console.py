@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from semimed import monai_import
+from semimed import heap, monai_import
 from semimed.config import TASKS, ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``semimed`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     monai_import.install()  # a command-line process: MONAI without its eager load
+    heap.keep_freed_memory()  # as the stages (semimed.heap)
     handler = _predict if args.command == "predict" else _export
     return guarded(lambda: handler(args))
 

@@ -50,6 +50,10 @@ class Method(nn.Module):
     # (a subclass inherits them unless it declares its own).
     intrinsic_passes: ClassVar[Callable[[int, int, Any], tuple[int, int]]]
     intrinsic_why: ClassVar[str]
+    # Copies of the network's output layer (`semimed.networks.output_layer`) that the method
+    # trains beside it, on the same input, in every pass (DST's pseudo and worst-case heads);
+    # the benchmark prices a pass at 1 + this * the output layer's share of a pass's FLOPs.
+    intrinsic_side_layers: ClassVar[int] = 0
     # Set by the loop before ``on_step_end`` when it skips non-finite updates on the device
     # (`semimed.optimization.optimizer_step`'s sync-free path, a GPU): a 0-dim tensor, 1.0 if
     # this step's update took effect, else 0.0; None = it did (the loop calls ``on_step_end``

@@ -32,7 +32,7 @@ from semimed.networks.classifiers import (
     build_resnet18,
 )
 from semimed.networks.lwn import build_lwn, haar_dwt, reparameterize
-from semimed.networks.segmentation import build_dynunet, build_unet, build_vnet
+from semimed.networks.segmentation import build_dynunet, build_unet, build_vnet, output_layer
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "cnn": build_cnn,
@@ -88,5 +88,6 @@ __all__ = [
     "Classifier",
     "build_network",
     "haar_dwt",
+    "output_layer",
     "reparameterize",
 ]

@@ -100,9 +100,18 @@ def interpolation_matrix(n_in: int, n_out: int, dtype: torch.dtype, device) -> T
     return weights.squeeze(1).T.to(dtype)
 
 
+def output_layer(net: nn.Module) -> nn.Module:
+    """The last convolution of ``net`` in module order: for every network here the layer that
+    maps the top decoder features to logits (``unet``: a stride-2 transposed convolution;
+    ``dynunet``, ``vnet``: a 1x1x1 convolution)."""
+    convs = [m for m in net.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    if not convs:
+        raise ValueError(f"{type(net).__name__} has no convolution")
+    return convs[-1]
+
+
 def _out_channels(layer: nn.Module) -> int:
-    convs = [m for m in layer.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    return convs[-1].out_channels
+    return output_layer(layer).out_channels
 
 
 def build_unet(

@@ -50,10 +50,13 @@ BINS = 1000  # histogram bins of the softmax scores in [0, 1] (bin width 1e-3)
 
 
 @torch.no_grad()
-def score_statistics(probs: Tensor, tau_major: float) -> tuple[Tensor, Tensor, Tensor]:
+def score_statistics(
+    probs: Tensor, tau_major: float, labels: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Of probabilities (U, C, ...): the histogram of each class's score (C, BINS), the voxels
     predicted (argmax) as each class (C,), and the voxels whose class-c score > ``tau_major``.
-    Read in the input's layout (no (C, voxels) copy): class c's bins are offset by c * BINS."""
+    Read in the input's layout (no (C, voxels) copy): class c's bins are offset by c * BINS.
+    ``labels``: ``hard_labels(probs)`` where the caller has it already."""
     probs = probs.detach().float()
     c = probs.shape[1]
     bins = (probs * BINS).long().clamp_(0, BINS - 1)
@@ -61,7 +64,7 @@ def score_statistics(probs: Tensor, tau_major: float) -> tuple[Tensor, Tensor, T
     bins += offsets.view((1, c) + (1,) * (probs.dim() - 2))
     # Counted by scatter-add (class_counts), not bincount: no host sync on a GPU.
     hist = class_counts(bins, c * BINS).view(c, BINS)
-    predicted = class_counts(hard_labels(probs), c)
+    predicted = class_counts(hard_labels(probs) if labels is None else labels, c)
     dims = [0, *range(2, probs.dim())]
     return hist, predicted, (probs > tau_major).sum(dims).float()
 
@@ -113,16 +116,20 @@ class Adsh(CrossPseudoSupervision):
         self.register_buffer("thresholds", torch.zeros(2, c))
 
     @torch.no_grad()
-    def update_thresholds_(self, probs_a: Tensor, probs_b: Tensor) -> None:
+    def update_thresholds_(
+        self, probs_a: Tensor, probs_b: Tensor, labels: tuple[Tensor, Tensor] | None = None
+    ) -> None:
         """Thresholds from the statistics so far, then one EMA step of the statistics with the
-        unlabeled probabilities (U, C, ...) of network a and b."""
+        unlabeled probabilities (U, C, ...) of network a and b (``labels``: their argmax, where
+        the caller has it)."""
         window = max(len(probs_a), self.params.bank_share * self.num_unlabeled)
         momentum = 1.0 - len(probs_a) / window
         for i, probs in enumerate((probs_a, probs_b)):
             self.thresholds[i] = adaptive_thresholds(
                 self.score_hist[i], self.predicted[i], self.confident[i]
             )
-            stats = score_statistics(probs, self.params.tau_major)
+            argmax = None if labels is None else labels[i]
+            stats = score_statistics(probs, self.params.tau_major, argmax)
             buffers = (self.score_hist, self.predicted, self.confident)
             for buffer, value in zip(buffers, stats, strict=True):
                 ema_(buffer[i], value, momentum)
@@ -133,18 +140,29 @@ class Adsh(CrossPseudoSupervision):
         """Thresholded CPS CE of both networks; logits (B + U, C, ...) with graph."""
         probs_a = logits_a.detach().float().softmax(1)
         probs_b = logits_b.detach().float().softmax(1)
-        self.update_thresholds_(probs_a[n_lb:], probs_b[n_lb:])
+        # Each network's argmax once: its pseudo-labels and its statistics' predicted classes.
+        labels_a, labels_b = hard_labels(probs_a, keepdim=True), hard_labels(probs_b, keepdim=True)
+        self.update_thresholds_(probs_a[n_lb:], probs_b[n_lb:], (labels_a[n_lb:], labels_b[n_lb:]))
         thr_a, thr_b = self.thresholds
         # Student a learns from teacher b (b's probabilities and thresholds), and vice versa.
-        return self.thresholded_ce(logits_a, probs_b, thr_b) + self.thresholded_ce(
-            logits_b, probs_a, thr_a
+        return self.thresholded_ce(logits_a, probs_b, thr_b, labels_b) + self.thresholded_ce(
+            logits_b, probs_a, thr_a, labels_a
         )
 
-    def thresholded_ce(self, student: Tensor, teacher_probs: Tensor, thresholds: Tensor) -> Tensor:
+    def thresholded_ce(
+        self,
+        student: Tensor,
+        teacher_probs: Tensor,
+        thresholds: Tensor,
+        target: Tensor | None = None,
+    ) -> Tensor:
         """CE of student logits (N, C, ...) against the argmax of the teacher's probabilities
-        (N, C, ...) under the teacher's mask ``p_c > thresholds[c]``, averaged over all voxels."""
-        target = hard_labels(teacher_probs, keepdim=True)
+        (N, C, ...) (``target`` (N, 1, ...), where the caller has it) under the teacher's mask
+        ``p_c > thresholds[c]``, averaged over all voxels."""
+        if target is None:
+            target = hard_labels(teacher_probs, keepdim=True)
         keep = teacher_probs > thresholds.view((1, -1) + (1,) * (student.dim() - 2))
-        if self.params.logit_mask:  # the masked logits are 0 (where: no float copy of keep)
-            return weighted_ce(torch.where(keep, student.float(), 0.0), target)
+        if self.params.logit_mask:  # masked logits are 0: a product with a float mask, faster
+            # than where; the mask is cast once, for forward and backward
+            return weighted_ce(student.float() * keep.float(), target)
         return masked_cross_entropy(student.float(), target[:, 0], keep.gather(1, target)[:, 0])

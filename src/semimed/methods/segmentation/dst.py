@@ -52,6 +52,7 @@ from semimed.losses import (
 )
 from semimed.methods.cost import PAIR_WHY
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
+from semimed.networks.segmentation import output_layer
 
 
 class GradientReversal(torch.autograd.Function):
@@ -97,13 +98,12 @@ class SideHeads(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        convs = [m for m in net.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-        output_layer = convs[-1]
-        self.pseudo, self.worst = copy.deepcopy(output_layer), copy.deepcopy(output_layer)
+        layer = output_layer(net)
+        self.pseudo, self.worst = copy.deepcopy(layer), copy.deepcopy(layer)
         for head in (self.pseudo, self.worst):
             head.reset_parameters()
         self._features: Tensor | None = None
-        output_layer.register_forward_hook(self._capture)
+        layer.register_forward_hook(self._capture)
 
     def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         self._features = inputs[0] if module.training else None
@@ -147,6 +147,7 @@ class DST(CrossPseudoSupervision):
         grl_steps: Annotated[int, Range(ge=1)] = 500
 
     intrinsic_why = PAIR_WHY + " (+ pseudo and worst-case heads)"
+    intrinsic_side_layers = 2  # SideHeads: two copies of the output layer on every pass
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

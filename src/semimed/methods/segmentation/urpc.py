@@ -97,9 +97,10 @@ class _PyramidConsistency(torch.autograd.Function):
         g_diff = diff * (k * w / b * (2.0 / classes))
         # u = sum_c xlogy(p_mean, p_mean) - p_mean log p: d/dp_mean = log p_mean + 1 - log p
         log_mean = torch.where(p_mean > 0, p_mean.log() + 1.0, 0.0)
-        g_mean = (g_u * (log_mean - log_p) - g_diff).sum(1, keepdim=True)
-        g_log_p = (g_diff + g_mean / scales) * p - g_u * p_mean
-        return g_log_p - p * g_log_p.sum(2, keepdim=True)
+        # In place on this function's own temporaries: fewer full-size allocations.
+        g_mean = (log_mean - log_p).mul_(g_u).sub_(g_diff).sum(1, keepdim=True)
+        g_log_p = g_diff.add_(g_mean.div_(scales)).mul_(p).sub_(g_u * p_mean)
+        return g_log_p.addcmul_(p, g_log_p.sum(2, keepdim=True), value=-1.0)
 
 
 class URPC(Method):
@@ -136,15 +137,18 @@ class URPC(Method):
                 f"{tuple(out.shape)}; build it with deep_supervision=True (unet or dynunet)"
             )
         n, scales = len(x_lb), out.shape[1]
+        # One split, not two slices: its backward concatenates the two gradients instead of
+        # zero-filling a full-size gradient per slice and adding them.
+        out_lb, out_ulb = out.split([n, len(x_ulb)])
         dice = self.params.dice
         if dice == "monai":
             # One batch of B * S predictions: MONAI's Dice (per sample and class) and CE (per
             # voxel) average it to the mean over scales of each scale's Dice + CE.
-            sup = seg_supervised_loss(out[:n].flatten(0, 1), y_lb.repeat_interleave(scales, 0))
+            sup = seg_supervised_loss(out_lb.flatten(0, 1), y_lb.repeat_interleave(scales, 0))
         else:  # batch Dice: one loss per scale, then their mean
-            sup = sum(seg_supervised_loss(out[:n, s], y_lb, dice=dice) for s in range(scales))
+            sup = sum(seg_supervised_loss(out_lb[:, s], y_lb, dice=dice) for s in range(scales))
             sup = sup / scales
-        unsup = rectified_pyramid_consistency(out[n:])
+        unsup = rectified_pyramid_consistency(out_ulb)
         return with_unsup_ratio(
             ramped_terms(
                 sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
