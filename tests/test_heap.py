@@ -1,5 +1,6 @@
-"""`semimed.heap`: stage processes keep freed tensor memory (glibc malloc thresholds), which a
-fresh process shows in glibc's own accounting; no effect on another C library."""
+"""`semimed.heap`: stage processes keep freed tensor memory (glibc malloc thresholds) and the
+loop gives it back before validation, which a fresh process shows in glibc's own accounting;
+no effect on another C library."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 GLIBC = hasattr(os, "confstr") and "CS_GNU_LIBC_VERSION" in os.confstr_names
 
 # Frees an 8 MiB tensor in a fresh process and prints the free bytes glibc then holds
-# (mallinfo2().fordblks): with the default thresholds the block was its own mmap and went back
-# to the system; kept, it stays in the heap for the next allocation.
+# (mallinfo2().fordblks) and how much the resident memory grew (/proc/self/statm): with the
+# default thresholds the block was its own mmap and went back to the system; kept, it stays in
+# the heap, resident, for the next allocation; released (malloc_trim), its pages go back.
 PROBE = """
-import ctypes, sys
+import ctypes, os, sys
 from semimed import heap
-if sys.argv[1] == "keep":
+if sys.argv[1] in ("keep", "release"):
     assert heap.keep_freed_memory()
 import torch
 
@@ -30,25 +32,37 @@ class MallInfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
         "fordblks", "keepcost")]
 
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
+before = resident()
 x = torch.ones(2 * 1024 * 1024)  # 8 MiB
 del x
-print(libc.mallinfo2().fordblks)
+if sys.argv[1] == "release":
+    heap.release_free_memory()
+print(libc.mallinfo2().fordblks, resident() - before)
 """
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_freed_tensor_memory_stays_in_the_process():
-    def free_bytes(mode: str) -> int:
+    def probe(mode: str) -> tuple[int, int]:
         env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
         cmd = [sys.executable, "-c", PROBE, mode]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        return int(done.stdout.split()[-1])
+        free, grown = done.stdout.split()[-2:]
+        return int(free), int(grown)
 
     mib = 1024 * 1024
-    assert free_bytes("default") < 8 * mib
-    assert free_bytes("keep") >= 8 * mib
+    free, grown = probe("default")
+    assert free < 8 * mib and grown < 4 * mib
+    free, grown = probe("keep")
+    assert free >= 8 * mib and grown >= 8 * mib
+    free, grown = probe("release")  # malloc_trim, as before each validation
+    assert grown < 4 * mib
 
 
 def test_no_effect_without_glibc(monkeypatch):
@@ -57,6 +71,7 @@ def test_no_effect_without_glibc(monkeypatch):
 
     monkeypatch.setattr(os, "confstr", no_such_name)
     assert heap.keep_freed_memory() is False
+    heap.release_free_memory()  # a no-op there
 
 
 def test_every_stage_runs_with_it(monkeypatch):

@@ -26,16 +26,33 @@ _M_MMAP_THRESHOLD = -3
 KEEP_BYTES = 1 << 30
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The process's own C library if it is glibc, else None."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return None
+    except (ValueError, OSError):  # no such name here: not glibc
+        return None
+    return ctypes.CDLL(None)
+
+
 def keep_freed_memory(limit: int = KEEP_BYTES) -> bool:
     """Set glibc's mmap and trim thresholds to ``limit`` bytes (see the module docstring);
     True if glibc took both, False on another C library."""
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
-            return False
-    except (ValueError, OSError):  # no such name here: not glibc
+    libc = _glibc()
+    if libc is None:
         return False
-    mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     took_mmap = mallopt(_M_MMAP_THRESHOLD, limit)
     took_trim = mallopt(_M_TRIM_THRESHOLD, limit)
     return bool(took_mmap and took_trim)
+
+
+def release_free_memory() -> None:
+    """Give the free memory the heap keeps back to the system (glibc ``malloc_trim(0)``): the
+    training loop calls it before each validation, whose allocations differ from a training
+    step's, so that its peak does not add to the blocks the steps keep."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

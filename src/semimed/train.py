@@ -40,7 +40,7 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from semimed import build, checkpoint, convergence, distributed, runtime
+from semimed import build, checkpoint, convergence, distributed, heap, runtime
 from semimed.config import TaskConfig
 from semimed.data.loaders import TaskData, train_batches
 from semimed.data.prefetch import Prefetcher
@@ -179,6 +179,7 @@ def train_run(
                     means = distributed.mean_over_processes(sums, world)
                     sums = {}
                     if lead:
+                        heap.release_free_memory()  # the steps' kept blocks: not on top of it
                         score = validation_score(method.inference_model(), data, cfg, device)
                         live.step = done
                         n = t.eval_every if done % t.eval_every == 0 else done % t.eval_every
