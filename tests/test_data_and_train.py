@@ -312,3 +312,26 @@ def test_rewind_keeps_dvcs_gitignore_in_the_live_folder(tmp_path):
     checkpoint.rewind(model_dir, live, state)
     assert (live / ".gitignore").read_text() == "/metrics.json\n"
     assert (live / "plots" / "a.tsv").read_text() == "step\tv\n"
+
+
+def test_loop_gives_kept_memory_back_before_each_validation(prepared, tmp_path, monkeypatch):
+    """`semimed.heap`: the steps keep their freed blocks; each validation starts after
+    ``release_free_memory``, so its own allocations do not stack on them."""
+    from semimed import heap
+    from semimed import train as loop
+
+    cfg, processed, splits = prepared["classification"]
+    data = load_task_data(cfg, processed, splits)
+    events = []
+    monkeypatch.setattr(heap, "release_free_memory", lambda: events.append("release"))
+    score = loop.validation_score
+
+    def validation(*args, **kwargs):
+        events.append("validate")
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validation_score", validation)
+    files = [processed / "manifest.json", splits]
+    train_run(cfg, data, "supervised", 0, tmp_path / "model", tmp_path / "live", files)
+    validations = -(-cfg.train.steps // cfg.train.eval_every)
+    assert events == ["release", "validate"] * validations
