@@ -16,7 +16,7 @@ from semimed import cli, heap
 ROOT = Path(__file__).resolve().parents[1]
 GLIBC = hasattr(os, "confstr") and "CS_GNU_LIBC_VERSION" in os.confstr_names
 
-# Frees an 8 MiB tensor in a fresh process and prints the free bytes glibc then holds
+# Frees a tensor of N MiB in a fresh process and prints the free bytes glibc then holds
 # (mallinfo2().fordblks) and how much the resident memory grew (/proc/self/statm): with the
 # default thresholds the block was its own mmap and went back to the system; kept, it stays in
 # the heap, resident, for the next allocation; released (malloc_trim), its pages go back.
@@ -39,7 +39,7 @@ def resident():
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 before = resident()
-x = torch.ones(2 * 1024 * 1024)  # 8 MiB
+x = torch.ones(int(sys.argv[2]) * 256 * 1024)  # argv[2] MiB
 del x
 if sys.argv[1] == "release":
     heap.release_free_memory()
@@ -49,9 +49,9 @@ print(libc.mallinfo2().fordblks, resident() - before)
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_freed_tensor_memory_stays_in_the_process():
-    def probe(mode: str) -> tuple[int, int]:
+    def probe(mode: str, size_mib: int = 8) -> tuple[int, int]:
         env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
-        cmd = [sys.executable, "-c", PROBE, mode]
+        cmd = [sys.executable, "-c", PROBE, mode, str(size_mib)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         free, grown = done.stdout.split()[-2:]
         return int(free), int(grown)
@@ -63,6 +63,8 @@ def test_freed_tensor_memory_stays_in_the_process():
     assert free >= 8 * mib and grown >= 8 * mib
     free, grown = probe("release")  # malloc_trim, as before each validation
     assert grown < 4 * mib
+    free, grown = probe("keep", 64)  # above the 32 MiB mmap threshold: a volume, not a step
+    assert free < 8 * mib and grown < 4 * mib
 
 
 def test_no_effect_without_glibc(monkeypatch):

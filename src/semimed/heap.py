@@ -4,13 +4,15 @@ By default glibc serves every allocation above a (dynamic) threshold with its ow
 gives freed memory at the top of the heap back to the system. A 3D training step allocates and
 frees tens of full-size tensors of a few MiB each; every one of them then comes back as fresh
 pages, and the kernel zero-fills each page on first touch: on the default segmentation step
-that page faulting is a tenth of the step (supervised, CPS) to a fifth (URPC, whose
-pyramid losses allocate most). `keep_freed_memory` raises both thresholds, so freed blocks
-stay in the process and the next step reuses them, as PyTorch's own CUDA caching allocator
-does on a GPU (PyTorch's CPU tuning guide gets the same from jemalloc or TCMalloc). Values
-and results do not change (the CPU allocator aligns tensors to 64 bytes either way); the peak
-resident memory stays what the largest step needs, and the memory is returned when the
-process ends. No effect where the C library is not glibc (macOS, musl).
+that page faulting is a tenth of the step (supervised, CPS) to a fifth (URPC, whose pyramid
+losses allocate most). `keep_freed_memory` fixes the mmap threshold at 32 MiB and raises the
+trim threshold, so a step's freed blocks stay in the process and the next step reuses them,
+as PyTorch's CUDA caching allocator does on a GPU (PyTorch's CPU tuning guide gets the same
+from jemalloc or TCMalloc). Values and results do not change (the CPU allocator aligns
+tensors to 64 bytes either way); blocks above 32 MiB still go back to the system when freed,
+the training loop hands the kept memory back before each validation
+(`release_free_memory`), and all of it is returned when the process ends. No effect where
+the C library is not glibc (macOS, musl).
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ import os
 # mallopt parameters (glibc <malloc.h>)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# Blocks up to this size come from the heap, and the heap keeps up to this much free memory
-# at its top: 1 GiB, above any tensor of the default and preset workloads.
+# Blocks up to this size come from the heap: glibc's own ceiling for its dynamic threshold,
+# above every tensor of a training step of the default and preset workloads; larger blocks
+# (whole volumes in preprocess, evaluate, predict) still get their own mmap and go back to
+# the system when freed, so keeping memory costs nothing there.
+MMAP_BYTES = 32 << 20
+# The heap keeps up to this much free memory at its top: more than a step frees at once.
 KEEP_BYTES = 1 << 30
 
 
@@ -36,16 +42,16 @@ def _glibc() -> ctypes.CDLL | None:
     return ctypes.CDLL(None)
 
 
-def keep_freed_memory(limit: int = KEEP_BYTES) -> bool:
-    """Set glibc's mmap and trim thresholds to ``limit`` bytes (see the module docstring);
-    True if glibc took both, False on another C library."""
+def keep_freed_memory(mmap_bytes: int = MMAP_BYTES, keep_bytes: int = KEEP_BYTES) -> bool:
+    """Set glibc's mmap threshold to ``mmap_bytes`` and its trim threshold to ``keep_bytes``
+    (see the module docstring); True if glibc took both, False on another C library."""
     libc = _glibc()
     if libc is None:
         return False
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    took_mmap = mallopt(_M_MMAP_THRESHOLD, limit)
-    took_trim = mallopt(_M_TRIM_THRESHOLD, limit)
+    took_mmap = mallopt(_M_MMAP_THRESHOLD, mmap_bytes)
+    took_trim = mallopt(_M_TRIM_THRESHOLD, keep_bytes)
     return bool(took_mmap and took_trim)
 
 
