@@ -12,8 +12,8 @@ other whenever one of them is descheduled).
 Beside the ratio to ``supervised``: the DECLARED intrinsic cost (each Method class states the
 images it forwards and back-propagates per step; cost model forward 1, backward 2 per image,
 so ``supervised`` costs 3 B; side layers, copies of the network's output layer trained on
-every pass, at their measured share of a pass's FLOPs), the MEASURED passes (`PassCounter`), the FLOPs of a step
-(``FlopCounterMode``) and the ops that take most of its CPU time. waste = ratio / intrinsic
+every pass, at their measured share of a pass's FLOPs), the MEASURED passes (`PassCounter`),
+the FLOPs of a step (``FlopCounterMode``) and the ops that take most of its CPU time. waste = ratio / intrinsic
 ratio: above `table.TARGETS["waste"]` a method spends time its algorithm does not need.
 """
 
