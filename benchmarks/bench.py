@@ -48,16 +48,16 @@ from semimed.tasks import TASK_SPECS
 TASKS = tuple(TASK_SPECS)
 # Work per run: (rounds, steps per round, warm-up steps) per method on one thread (CPU time,
 # the ratios) and on the default threads (wall time); items cached (classification,
-# segmentation), stream batches, sliding-window volumes, repeats of each DVC command and
-# stage start-up, test items predicted (classification, segmentation).
+# segmentation), stream batches, sliding-window volumes, repeats of each DVC command, runs of
+# each stage's start-up, test items predicted (classification, segmentation).
 SIZES = {
     "default": dict(
         one=(4, 3, 2), wall=(2, 2, 1), items=(64, 6), batches=20, volumes=3, repeats=3,
-        predict=(256, 4),
+        startups=5, predict=(256, 4),
     ),
     "quick": dict(
         one=(1, 2, 1), wall=(1, 2, 1), items=(2, 2), batches=2, volumes=1, repeats=1,
-        predict=(4, 1),
+        startups=1, predict=(4, 1),
     ),
 }  # fmt: skip
 SECTIONS = "methods,data,pipeline,startup,predict"
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for k, (t, c) in enumerate(cfgs.items())
             }
         if "startup" in sections:
-            res["startup"] = bench_startup(root / "stages", work, size["repeats"])
+            res["startup"] = bench_startup(root / "stages", work, size["startups"])
     res["machine"]["load_end"] = os.getloadavg()[0]
     res["seconds"] = round(time.perf_counter() - began, 1)
     res["targets"] = check_targets(res)

@@ -3,7 +3,12 @@ to its exit, i.e. the interpreter plus the stage's module-level imports, and whi
 packages those load. Every DVC stage pays this once per run before any work; with ~28
 stages the sum is minutes of the default pipeline. torch costs ~1.3-1.5 s; MONAI ~0.4 s more
 through `semimed.monai_import` (~2.5 s more with MONAI's own load of every submodule).
-The stage's own run may import more lazily; that is work, not start-up."""
+The stage's own run may import more lazily; that is work, not start-up.
+
+Each script runs `repeats` times in fresh interpreters; ``seconds`` is the fastest run and
+``median`` the median. As with ``timeit``, slower runs are other processes' interference (on a
+shared 2-core machine one busy neighbour adds 0.1-0.7 s to a 2 s import), so the targets use
+the fastest; the median is reported beside it."""
 
 from __future__ import annotations
 
@@ -26,8 +31,8 @@ PROBE = (
 
 
 def stage_startup(script: Path, cwd: Path, repeats: int) -> dict:
-    """Median wall seconds of ``script --help`` over `repeats` fresh interpreters, and the
-    heavy packages it imported."""
+    """Fastest and median wall seconds of ``script --help`` over `repeats` fresh
+    interpreters, and the heavy packages it imported."""
     times, heavy = [], ""
     for _ in range(repeats):
         began = time.perf_counter()
@@ -40,15 +45,23 @@ def stage_startup(script: Path, cwd: Path, repeats: int) -> dict:
         )
         times.append(time.perf_counter() - began)
         heavy = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
-    return {"seconds": round(statistics.median(times), 3), "imports": heavy.split()}
+    return {
+        "seconds": round(min(times), 3),
+        "median": round(statistics.median(times), 3),
+        "runs": len(times),
+        "imports": heavy.split(),
+    }
 
 
 def bench_startup(scripts: Path, cwd: Path, repeats: int) -> dict:
     """`stage_startup` of every stage script, and of a bare interpreter for reference."""
-    began = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        began = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True)
-    out = {"python": {"seconds": round((time.perf_counter() - began) / repeats, 3), "imports": []}}
+        times.append(time.perf_counter() - began)
+    bare = {"seconds": round(min(times), 3), "median": round(statistics.median(times), 3)}
+    out = {"python": bare | {"runs": repeats, "imports": []}}
     for script in sorted(scripts.glob("*.py")):
         out[script.stem] = stage_startup(script, cwd, repeats)
     return out

@@ -53,7 +53,9 @@ def check_targets(res: dict) -> list[dict]:
         ]
         if group:
             value, name = max(group)
-            add(f"stage start-up {what} torch (s)", key, value, f"slowest: {name}")
+            runs = startup[name].get("runs")
+            note = f"slowest: {name}" + (f" (fastest of {runs} runs)" if runs else "")
+            add(f"stage start-up {what} torch (s)", key, value, note)
     runs = pipe.get("stages", {}).get("runs", {})
     peaks = [(v["peak_rss_gib"], k) for k, v in runs.items() if k.startswith(("train", "eval"))]
     if peaks:
@@ -73,6 +75,11 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     align = ["---" if h.startswith(left) else "---:" for h in header]
     lines = ["", "| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+
+
+def _median(entry: dict) -> str:
+    """A start-up entry's median (absent from results written before it was recorded)."""
+    return f"{entry['median']:.2f}" if "median" in entry else "-"
 
 
 def _method_row(r: dict) -> list:
@@ -191,10 +198,11 @@ def markdown(res: dict) -> str:
         lines += _table(["predict (CPU)", "throughput", "items", "model folder"], rows)
     if res.get("startup"):
         rows = [
-            [k, f"{v['seconds']:.2f}", ", ".join(v["imports"]) or "-"]
+            [k, f"{v['seconds']:.2f}", _median(v), ", ".join(v["imports"]) or "-"]
             for k, v in res["startup"].items()
         ]
-        lines += _table(["stage start-up (`--help`)", "seconds", "heavy imports"], rows)
+        head = ["stage start-up (`--help`)", "fastest s", "median s", "heavy imports"]
+        lines += _table(head, rows)
     rows = _pipeline_rows(res.get("pipeline", {}))
     if rows:
         lines += _table(["pipeline", "seconds", "peak RSS GiB"], rows)

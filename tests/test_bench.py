@@ -146,14 +146,22 @@ def test_startup_times_each_script_and_checks_the_targets(tmp_path):
 
     (tmp_path / "light.py").write_text("import json\n")
     (tmp_path / "heavy.py").write_text("import torch\n")
-    out = startup.bench_startup(tmp_path, tmp_path, repeats=1)
+    out = startup.bench_startup(tmp_path, tmp_path, repeats=3)
     assert set(out) == {"python", "light", "heavy"}
     assert out["light"]["imports"] == [] and "torch" in out["heavy"]["imports"]
     assert 0 < out["python"]["seconds"] and out["light"]["seconds"] < out["heavy"]["seconds"]
+    for entry in out.values():  # the fastest of the runs, the median beside it
+        assert entry["runs"] == 3 and 0 < entry["seconds"] <= entry["median"]
     rows = {t["target"]: t for t in table.check_targets({"startup": out})}
     light, heavy = rows["stage start-up without torch (s)"], rows["stage start-up with torch (s)"]
-    assert light["note"] == "slowest: light" and heavy["note"] == "slowest: heavy"
+    assert light["note"] == "slowest: light (fastest of 3 runs)"
+    assert heavy["note"] == "slowest: heavy (fastest of 3 runs)"
     assert light["limit"] == 1.0 and heavy["limit"] == 2.5
+    assert light["value"] == out["light"]["seconds"]
+    machine = dict(cpus=2, threads=2, torch="x", matmul_gflops=1.0, load_start=0.0, load_end=0.0)
+    md = table.markdown({"targets": [], "seconds": 1.0, "machine": machine, "startup": out})
+    assert "| stage start-up (`--help`) | fastest s | median s | heavy imports |" in md
+    assert f"| heavy | {out['heavy']['seconds']:.2f} | {out['heavy']['median']:.2f} |" in md
 
 
 def test_run_measured_reports_peak_memory(tmp_path):
