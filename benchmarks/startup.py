@@ -30,19 +30,13 @@ PROBE = (
 )
 
 
-def stage_startup(script: Path, cwd: Path, repeats: int) -> dict:
-    """Fastest and median wall seconds of ``script --help`` over `repeats` fresh
-    interpreters, and the heavy packages it imported."""
+def _timed(command: list[str], cwd: Path, repeats: int) -> dict:
+    """Fastest and median wall seconds of ``command`` over `repeats` fresh interpreters, and
+    the heavy packages named on the last line of its standard error (`PROBE`'s report)."""
     times, heavy = [], ""
     for _ in range(repeats):
         began = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-c", PROBE, str(script)],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        out = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
         times.append(time.perf_counter() - began)
         heavy = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
     return {
@@ -53,19 +47,14 @@ def stage_startup(script: Path, cwd: Path, repeats: int) -> dict:
     }
 
 
+def stage_startup(script: Path, cwd: Path, repeats: int) -> dict:
+    """`_timed` of ``script --help``: its start-up and the heavy packages it imported."""
+    return _timed([sys.executable, "-c", PROBE, str(script)], cwd, repeats)
+
+
 def bench_startup(scripts: Path, cwd: Path, repeats: int) -> dict:
     """`stage_startup` of every stage script, and of a bare interpreter for reference."""
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
-        times.append(time.perf_counter() - began)
-    bare = {"seconds": round(min(times), 3), "median": round(statistics.median(times), 3)}
-    out = {"python": bare | {"runs": repeats, "imports": []}}
+    out = {"python": _timed([sys.executable, "-c", "pass"], cwd, repeats)}
     for script in sorted(scripts.glob("*.py")):
         out[script.stem] = stage_startup(script, cwd, repeats)
     return out
-
-
-def uses_torch(entry: dict) -> bool:
-    return "torch" in entry["imports"]

@@ -53,8 +53,8 @@ def check_targets(res: dict) -> list[dict]:
         ]
         if group:
             value, name = max(group)
-            runs = startup[name].get("runs")
-            note = f"slowest: {name}" + (f" (fastest of {runs} runs)" if runs else "")
+            n = startup[name].get("runs")
+            note = f"slowest: {name}" + (f" (fastest of {n} runs)" if n else "")
             add(f"stage start-up {what} torch (s)", key, value, note)
     runs = pipe.get("stages", {}).get("runs", {})
     peaks = [(v["peak_rss_gib"], k) for k, v in runs.items() if k.startswith(("train", "eval"))]

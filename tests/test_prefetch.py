@@ -59,42 +59,30 @@ def test_prefetched_batches_and_resume_point_are_the_streams(prepared, task):  #
         resumed.close()
 
 
-def test_prefetch_raises_the_streams_error_at_that_batch():
-    class Failing:
-        def __init__(self):
-            self.n = 0
-
-        def state_dict(self):
-            return {"n": self.n}
-
-        def __next__(self):
-            self.n += 1
-            if self.n == 3:
-                raise ValueError("bad volume")
-            return self.n
-
-    ahead = Prefetcher(Failing(), depth=4)
-    assert [next(ahead), next(ahead)] == [1, 2]
-    with pytest.raises(ValueError, match="bad volume"):
-        next(ahead)
-    with pytest.raises(ValueError):
-        Prefetcher(Failing(), depth=0)
-
-
 class _Counting:
-    """A stream of dict batches {"n": tensor}, its state the count drawn so far."""
+    """A stream of batches 1, 2, ... whose draw number ``fail_at`` raises; its state the count
+    drawn so far."""
 
-    def __init__(self, device=None):
-        self.n, self.device = 0, device
+    def __init__(self, fail_at: int = 0, device=None):
+        self.n, self.fail_at, self.device = 0, fail_at, device
 
     def state_dict(self):
         return {"n": self.n}
 
     def __next__(self):
         self.n += 1
-        if self.n == 4:
+        if self.n == self.fail_at:
             raise ValueError("bad volume")
-        return {"n": torch.tensor(self.n)}
+        return self.n
+
+
+def test_prefetch_raises_the_streams_error_at_that_batch():
+    ahead = Prefetcher(_Counting(fail_at=3), depth=4)
+    assert [next(ahead), next(ahead)] == [1, 2]
+    with pytest.raises(ValueError, match="bad volume"):
+        next(ahead)
+    with pytest.raises(ValueError):
+        Prefetcher(_Counting(), depth=0)
 
 
 class _RecordingHandoff:
@@ -118,7 +106,7 @@ class _RecordingHandoff:
         return marker
 
     def receive(self, batch, ready):
-        self.log.append(("receive", threading.current_thread().name, int(batch["n"]), ready))
+        self.log.append(("receive", threading.current_thread().name, batch, ready))
 
 
 def test_prefetch_hands_each_batch_over_after_its_own_marker():
@@ -127,11 +115,11 @@ def test_prefetch_hands_each_batch_over_after_its_own_marker():
     the prefetch thread, marked there, and received by the loop's thread with its own marker
     before `next()` returns it; a failed draw is raised, not handed over."""
     handoff = _RecordingHandoff()
-    ahead = Prefetcher(_Counting(), depth=2, handoff=handoff)
+    ahead = Prefetcher(_Counting(fail_at=4), depth=2, handoff=handoff)
     seen = [next(ahead) for _ in range(3)]
     with pytest.raises(ValueError, match="bad volume"):
         next(ahead)
-    assert [int(b["n"]) for b in seen] == [1, 2, 3]
+    assert seen == [1, 2, 3]
     received = [e for e in handoff.log if e[0] == "receive"]
     marks = [e for e in handoff.log if e[0] == "ready"]
     assert len(marks) == 4 and all(m[1] == "prefetch" for m in marks)  # the failed one too
@@ -145,9 +133,9 @@ def test_prefetch_picks_the_cuda_handoff_for_cuda_streams_only(monkeypatch):
     the handoff itself by the CUDA test below where a GPU is present)."""
     made = []
     monkeypatch.setattr(prefetch.CudaHandoff, "__init__", lambda self, d: made.append(d))
-    assert prefetch.handoff_for(_Counting("cpu")) is None
+    assert prefetch.handoff_for(_Counting(device="cpu")) is None
     assert prefetch.handoff_for(_Counting()) is None  # no device: a plain iterator
-    assert isinstance(prefetch.handoff_for(_Counting("cuda:0")), prefetch.CudaHandoff)
+    assert isinstance(prefetch.handoff_for(_Counting(device="cuda:0")), prefetch.CudaHandoff)
     assert made == [torch.device("cuda:0")]
 
 
