@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -52,6 +53,24 @@ TINY = {
         },
     },
 }
+
+
+# float32's unit roundoff (2**-24): one rounding of a float32 result is off by at most this
+# fraction of its magnitude.
+FLOAT32_ROUNDOFF = 2.0**-24
+
+
+def float32_sum_tol(values, roundings: int) -> float:
+    """Tolerance for comparing a float64 sum of float32 `values` computed on another processor.
+
+    Each value may differ from the recorded one by `roundings` float32 roundings (kernels
+    vectorised for other instruction sets, or fused multiply-adds, round differently), so the
+    sum may differ by at most ``roundings * 2**-24 * sum(|values|)``; a different random draw
+    changes a value by far more than its rounding, so the comparison still catches it.
+    `values`: a tensor or array (converted to float64 here).
+    """
+    magnitude = float(np.abs(np.asarray(values, dtype=np.float64)).sum())
+    return roundings * FLOAT32_ROUNDOFF * magnitude
 
 
 def write_params(repo: Path, params: dict) -> None:

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import float32_sum_tol
 
 from semimed.transforms import (
     PERTURBATIONS,
@@ -227,9 +228,11 @@ def test_echo_views_and_perturb_stay_on_cuda():
         assert torch.allclose(perturb(x, kind, 0.5).cpu(), perturb(x.cpu(), kind, 0.5), atol=1e-5)
 
 
-# Grey 2D views, recorded before colour and volume inputs were supported: per call (two
-# calls, the second continuing the random stream), the sum of the output and its sum
-# weighted by fixed uniforms. Every grey 2D run drew these; they must not move.
+# Grey 2D views of a fixed batch and seed: per call (two calls, the second continuing the
+# random stream), the sum of the output and its sum weighted by fixed uniforms. The random
+# draws must not move; the float32 arithmetic may round differently on another processor.
+# Tolerance: each pixel passes through at most a few dozen float32 roundings (up to 6 ops of
+# the strong view, a blur summing its kernel's products), so 64 roundings per pixel bound it.
 GREY_2D_VIEWS = {
     "weak": [(2083.599343322334, 1049.9524895466755), (2103.2700863885693, 1058.0345855749727)],
     "strong": [(2043.337803145987, 1024.8831811893108), (1819.9410800297399, 914.8902254342131)],
@@ -243,4 +246,5 @@ def test_grey_2d_views_draw_as_before(view):
     for expected in GREY_2D_VIEWS[view]:
         y = t({"image": x})["image"].double()
         w = torch.rand(y.shape, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
-        assert (y.sum().item(), (y * w).sum().item()) == pytest.approx(expected, abs=1e-6)
+        assert y.sum().item() == pytest.approx(expected[0], abs=float32_sum_tol(y, 64))
+        assert (y * w).sum().item() == pytest.approx(expected[1], abs=float32_sum_tol(y * w, 64))
