@@ -4,24 +4,25 @@ Nothing here loads models or files: stage scripts call these functions on arrays
 what they return. Every returned dict is JSON-serialisable (plain ``float``/``int``/``None``,
 never NaN or inf), so it can go straight to ``json.dump`` or DVCLive.
 
-Classification metrics are scikit-learn's (Pedregosa et al., JMLR 2011). Segmentation
-metrics are MONAI's (Cardoso et al., arXiv:2211.02701): Dice (Dice, Ecology 1945), the 95th
-percentile Hausdorff distance (HD95) and the symmetric average surface distance (ASD), both
-measured in millimetres from the voxel spacing. The evaluation pitfalls recorded for DHC
-(Wang & Li, MICCAI 2023) -- an undefined rule for empty masks, ASD in voxels instead of mm,
+Classification metrics are scikit-learn's (Pedregosa et al., JMLR 2011). Segmentation: Dice
+(Dice, Ecology 1945) is MONAI's (Cardoso et al., arXiv:2211.02701); the 95th percentile
+Hausdorff distance (HD95) and the average surface distance (ASD) are medpy's
+``medpy.metric.binary.hd95`` and ``asd`` -- the functions the DHC (Wang & Li, MICCAI 2023) and
+SSL4MIS evaluations call -- measured in millimetres from the voxel spacing. The evaluation
+pitfalls recorded for DHC -- an undefined rule for empty masks, ASD in voxels instead of mm,
 label and prediction shapes that do not match -- are each handled explicitly below.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from medpy.metric.binary import asd as medpy_asd
+from medpy.metric.binary import hd95 as medpy_hd95
 from monai.metrics import compute_dice
-from monai.metrics.utils import get_edge_surface_distance
 
 _DECIMALS = 6  # rounding of every reported float: far below any meaningful difference
 
@@ -177,9 +178,10 @@ def _as_label_map(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 def _crop_to_union(pred: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Crop two (X, Y, Z) bool masks to their union's bounding box plus a 1-voxel margin.
 
-    Dice and surface distances only depend on voxels inside the union, and the margin keeps
-    every surface voxel a surface voxel, so the scores are unchanged. Cropping once here is
-    much cheaper than MONAI's per-call bounding-box search over the whole CT volume.
+    Dice and surface distances only depend on voxels inside the union: the margin (or the
+    array's own edge, where the union touches it) keeps every surface voxel a surface voxel,
+    and the exact Euclidean distance between two voxels does not depend on the box, so the
+    scores are unchanged. The distance transforms then run on the box, not the whole volume.
     """
     union = pred | label
     box = []
@@ -193,29 +195,23 @@ def _crop_to_union(pred: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tenso
 def _binary_scores(
     pred: torch.Tensor, label: torch.Tensor, spacing: tuple[float, float, float]
 ) -> tuple[float, float, float]:
-    """MONAI Dice, HD95 (mm) and symmetric ASD (mm) of two NON-EMPTY (X, Y, Z) bool masks.
+    """Dice, HD95 (mm) and ASD (mm) of two NON-EMPTY (X, Y, Z) bool masks.
 
-    HD95 and ASD as MONAI's ``compute_hausdorff_distance(percentile=95)`` and
-    ``compute_average_surface_distance(symmetric=True)`` compute them, from ONE call of the
-    edge and distance-transform step both of them make (``get_edge_surface_distance``,
-    Euclidean, both directions): the same values (tested), half the time. Returned as
-    MONAI returns them (float32)."""
+    Dice: MONAI's ``compute_dice``. HD95 and ASD: medpy's ``hd95(pred, label)`` and
+    ``asd(pred, label)`` with ``voxelspacing=spacing`` and medpy's default connectivity 1 (a
+    surface voxel is a mask voxel with a face neighbour outside the mask or the array). HD95
+    is the 95th percentile of the distances of both surfaces to each other, pooled; ASD is the
+    mean distance from the prediction's surface to the label's surface (directed)."""
     pred, label = _crop_to_union(pred, label)
-    p, g = pred.float(), label.float()
-    with warnings.catch_warnings():
-        # MONAI 1.5+ warns about a deprecated argument it passes to itself internally.
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
-        dice = compute_dice(p[None, None], g[None, None], include_background=True)
-        _, distances, _ = get_edge_surface_distance(
-            p, g, distance_metric="euclidean", spacing=spacing, symmetric=True
-        )
-    hd95 = torch.stack([torch.quantile(d, 0.95) for d in distances]).max()  # per direction
-    asd = torch.cat(distances).mean()
-    return float(dice.item()), float(hd95.float().item()), float(asd.float().item())
+    p, g = pred.float()[None, None], label.float()[None, None]
+    dice = compute_dice(p, g, include_background=True)
+    hd95 = medpy_hd95(pred.numpy(), label.numpy(), voxelspacing=spacing)
+    asd = medpy_asd(pred.numpy(), label.numpy(), voxelspacing=spacing)
+    return float(dice.item()), float(hd95), float(asd)
 
 
 class SegmentationScorer:
-    """Accumulate per-volume Dice, HD95 (mm) and ASD (mm), then ``aggregate()`` (MONAI style).
+    """Accumulate per-volume Dice, HD95 (mm) and ASD (mm), then ``aggregate()``.
 
     Each call to ``add`` scores one whole volume for every foreground class
     (``class_names[1:]``; ``class_names[0]`` is background and never scored).
@@ -227,7 +223,8 @@ class SegmentationScorer:
           HD95 = ASD = the volume's diagonal in mm, ``sqrt(sum((shape_i * spacing_i)^2))``.
         - prediction non-empty, ground truth empty (hallucinated organ): Dice = 0 and
           HD95 = ASD = the same diagonal.
-        - both non-empty: MONAI Dice, HD95 and symmetric ASD, computed on surfaces, in mm.
+        - both non-empty: MONAI's Dice, medpy's HD95 and (directed) ASD, in mm; see
+          ``_binary_scores``.
     The diagonal is an upper bound on any distance inside the volume, so it is the worst
     possible score, yet finite: means over volumes stay finite and comparable, instead of
     the inf/NaN that MONAI and medpy return (or the crash medpy raises) on empty masks.
@@ -305,7 +302,7 @@ class SegmentationScorer:
                     "dice": _round(d),
                     "hd95_mm": _round(hd95),
                     "asd_mm": _round(asd),
-                    "empty_rule": p_empty or g_empty,  # the value is the rule's, not MONAI's
+                    "empty_rule": p_empty or g_empty,  # the values are the rule's
                 }
             )
         self.n_volumes += 1
