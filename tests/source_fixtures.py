@@ -168,3 +168,42 @@ def nifti(
         ):
             (root / "splits" / name).write_text("\n".join(part) + "\n")
     return root
+
+
+def mr_case(rng, size: int = 16) -> tuple[list[np.ndarray], np.ndarray]:
+    """Two MR-like sequences (T2: lesion bright; ADC: lesion dark) of a body on a zero
+    background, in arbitrary scanner units, and its label map (class 1: a lesion block)."""
+    lab = np.zeros((size,) * 3, np.uint8)
+    o = rng.integers(3, size - 9, size=3)
+    lab[o[0] : o[0] + 6, o[1] : o[1] + 6, o[2] : o[2] + 6] = 1
+    t2 = np.zeros((size,) * 3, np.float32)
+    adc = np.zeros((size,) * 3, np.float32)
+    body = (slice(2, -2),) * 3
+    t2[body], adc[body] = 300, 1400
+    t2[lab == 1], adc[lab == 1] = 700, 600
+    t2[body] += rng.normal(0, 30, t2[body].shape)
+    adc[body] += rng.normal(0, 60, adc[body].shape)
+    return [t2.astype(np.int16), adc.astype(np.int16)], lab
+
+
+def mr_nifti(
+    root: Path, cases: int = 6, unlabeled: int = 2, seed: int = 0, channels=("T2", "ADC")
+) -> Path:
+    """nnU-Net v2 layout with one file per input channel: imagesTr/mr_<k>_000<c>.nii.gz,
+    labelsTr/mr_<k>.nii.gz, imagesUnl/ (the same naming), dataset.json with channel_names."""
+    rng = np.random.default_rng(seed)
+    for k in range(cases + unlabeled):
+        images, lab = mr_case(rng)
+        folder = "imagesTr" if k < cases else "imagesUnl"
+        for c in range(len(channels)):
+            save_nifti(root / folder / f"mr_{k:03d}_{c:04d}.nii.gz", images[c])
+        if k < cases:
+            save_nifti(root / "labelsTr" / f"mr_{k:03d}.nii.gz", lab)
+    meta = {
+        "name": "toy-mr",
+        "channel_names": {str(c): name for c, name in enumerate(channels)},
+        "labels": {"background": 0, "lesion": 1},
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root

@@ -125,6 +125,15 @@ def test_two_network_segmentation_card(tiny, tmp_path):
         "orientation": "RAS",
         "spacing": [6.0, 6.0, 6.0],
         "window": list(cfg.preprocess.window),
+        "intensity": {
+            "mode": "ct_window",
+            "channels": 1,
+            "window": [float(w) for w in cfg.preprocess.window],
+            "clip": [],
+            "mean": [],
+            "std": [],
+        },
+        "channel_names": None,
         "nan_policy": "error",
         "crop": "foreground, margin 2",
     }

@@ -114,7 +114,7 @@ def test_image_folder_with_unlabeled_folder(tmp_path, monkeypatch, default_param
     by_group = {}
     for part in ("train_labeled", "train_unlabeled", "val", "test"):
         for i in split[part]:
-            by_group.setdefault(i.split("_")[0], set()).add(
+            by_group.setdefault(Path(i).name.split("_")[0], set()).add(
                 part if part in ("val", "test") else "train"
             )
     assert all(len(parts) == 1 for parts in by_group.values())
@@ -235,19 +235,26 @@ def test_truncated_png(tmp_path, default_params):
     _ingest_fails(cfg, tmp_path / "out", r"P000_1\.png: unreadable or truncated image")
 
 
-def test_duplicated_ids(tmp_path, default_params):
-    root = fx.image_folder(tmp_path / "f")
-    (root / "malignant" / "P000_0.png").write_bytes((root / "benign" / "P000_0.png").read_bytes())
-    cfg = _cfg(
-        default_params,
-        "classification",
-        {"source": "image_folder", "root": str(root), "targets": ["label"]},
+def test_image_folder_same_file_name_in_two_classes(tmp_path, default_params):
+    """torchvision's ImageFolder numbering (`a/0.png`, `b/0.png`): ids are relative paths."""
+    root = tmp_path / "f"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        for k in range(3):
+            fx.save_image(root / name / f"{k}.png", fx._image(rng, k))
+    fx.save_image(root / "a" / "scan1" / "0.png", fx._image(rng, 0))  # a nested folder
+    data = {"source": "image_folder", "root": str(root), "targets": ["label"]}
+    manifest = ingest(_cfg(default_params, "classification", data), tmp_path / "out")
+    ids = [r["id"] for r in manifest["records"]]
+    assert ids == ["a/0", "a/1", "a/2", "a/scan1/0", "b/0", "b/1", "b/2"]
+    assert [r["group"] for r in manifest["records"]] == ids  # no regex: one group per image
+    # a grouping regex runs on the path inside the class folder: `0` in a/ and b/ is one group
+    grouped = ingest(
+        _cfg(default_params, "classification", data | {"group_regex": r"^(?:scan\d+/)?(\d+)$"}),
+        tmp_path / "out2",
     )
-    _ingest_fails(
-        cfg,
-        tmp_path / "out",
-        r"duplicated id 'P000_0' \(.*benign/P000_0\.png and .*malignant/P000_0\.png\)",
-    )
+    assert [r["group"] for r in grouped["records"]] == ["0", "1", "2", "0", "0", "1", "2"]
+    assert [r["labels"]["label"] for r in grouped["records"]] == ["a"] * 4 + ["b"] * 3
 
 
 def test_unknown_label_value_in_csv(tmp_path, default_params):

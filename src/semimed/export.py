@@ -2,9 +2,9 @@
 
 The exported graph is the network alone, as `semimed.model_folder.load_model` returns it:
 the method's ``inference_model()`` (EMA teacher, averaged pair), LWN branches fused, eval
-mode. Input ``image`` (B, C, H, W) for classification or (B, 1, X, Y, Z) patches of the
-card's ``inference.patch_size`` for segmentation; output ``logits`` (B, sum(task_sizes))
-or (B, C, X, Y, Z). The batch axis is dynamic. Preprocessing, sliding windows and the
+mode. Input ``image`` (B, C, H, W) for classification or (B, C, X, Y, Z) patches of the
+card's ``inference.patch_size`` for segmentation (C: the card's ``in_channels``); output
+``logits`` (B, sum(task_sizes)) or (B, K, X, Y, Z), K classes. The batch axis is dynamic. Preprocessing, sliding windows and the
 inverse resampling stay outside: the copied ``model.json`` says what they are.
 
 ONNX uses the `torch.export`-based exporter when `onnxscript` is installed and the legacy
@@ -38,7 +38,7 @@ class ExportError(PredictError):
 
 
 def example_input(card: dict, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    """A random batch in [0, 1] of the network's input shape: (B, C, S, S) or (B, 1, *patch)."""
+    """A random batch in [0, 1] of the network's input shape: (B, C, S, S) or (B, C, *patch)."""
     if card["spatial_dims"] == 3 and "patch_size" in card["inference"]:
         shape = (card["in_channels"], *card["inference"]["patch_size"])
     else:

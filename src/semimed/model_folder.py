@@ -7,7 +7,8 @@ Every trained run (``models/<task>/<method>/seed<k>/``) holds
 * ``train.json``  what happened during training (steps, best step and score, fingerprint);
 * ``model.json``  the model card (`write_model_card`): task, method and its parsed ``Params``,
   network (name, channels, dropout, deep-supervision flag), input channels and spatial dims,
-  targets and class names, the preprocessing chain's settings, the inference settings
+  targets and class names, the preprocessing chain's settings (segmentation: with the
+  resolved intensity normalisation and its dataset statistics), the inference settings
   (sliding window), the training record and the sha256 of ``best.pt``.
 
 `load_model` rebuilds the inference network from the card alone, through the composition
@@ -31,6 +32,7 @@ from torch import nn
 
 from semimed import build
 from semimed.config import ConfigError, Network, parse_section
+from semimed.data.intensity import from_window
 from semimed.io import write_json_atomic
 from semimed.networks import reparameterize
 from semimed.tasks import spec
@@ -82,13 +84,17 @@ def model_card(cfg, data, method_name: str, train_info: dict, weights_sha256: st
         inference = {"batch_size": cfg.eval.batch_size}
     else:
         targets, classes = ["label"], [list(data.class_names)]
+        intensity = data.intensity or from_window(cfg.preprocess.window)
         preprocess = {
             "chain": "segmentation_chain",
             "orientation": "RAS",
             "spacing": list(cfg.preprocess.spacing),  # mm (x, y, z)
-            "window": list(cfg.preprocess.window),  # intensity window -> [0, 1]
+            "window": list(cfg.preprocess.window),  # HU window -> [0, 1] (ct_window)
+            # the resolved normalisation with its dataset statistics (semimed.data.intensity)
+            "intensity": intensity.to_dict(),
+            "channel_names": data.channel_names,  # input channels, in file order (_0000, ...)
             "nan_policy": cfg.preprocess.nan_policy,  # non-finite voxels: error | zero
-            "crop": "foreground, margin 2",
+            "crop": "foreground, margin 2" if intensity.unit_range else "non-zero, margin 2",
         }
         inference = {
             "patch_size": list(cfg.train.patch_size),  # sliding-window size, voxels
@@ -228,7 +234,7 @@ class LoadedModel:
     """A model folder ready for inference.
 
     `network` maps (B, C_in, H, W) -> logits (B, sum(task_sizes)) for classification, or
-    (B, 1, X, Y, Z) -> logits (B, C, X, Y, Z) for segmentation (a two-network method's
+    (B, C_in, X, Y, Z) -> logits (B, C, X, Y, Z) for segmentation (a two-network method's
     log of averaged softmax); it is fused and in eval mode on `device`."""
 
     network: nn.Module

@@ -32,8 +32,9 @@ from semimed.predict_io import (
     PredictError,
     check_output,
     discover,
+    group_channels,
     output_folder,
-    read_volume,
+    read_case,
     write_csv,
     write_manifest,
     write_nifti,
@@ -108,15 +109,17 @@ def csv_columns(loaded: LoadedModel) -> list[str]:
 
 
 # --------------------------------------------------------------------------- segmentation
-def segment_volume(
-    loaded: LoadedModel, path: Path, sw_batch_size: int, probabilities: bool, autocast
-):
+def segment_volume(loaded: LoadedModel, path, sw_batch_size: int, probabilities: bool, autocast):
     """(labels (X, Y, Z) uint8, probabilities (X, Y, Z, C) float32 or None), both in the
-    file's own grid; probabilities are resampled back linearly (background = 1 - the rest)."""
+    file's own grid; probabilities are resampled back linearly (background = 1 - the rest).
+    `path`: the volume, or a list of one file per input channel. The normalisation is the
+    card's (`preprocess.intensity`, with the training data's statistics; a card without
+    one: the HU window)."""
     pre, card = loaded.card["preprocess"], loaded.card
     try:
         fill = pre.get("nan_policy", "error") == "zero"
-        image = preprocess_volume(path, pre["spacing"], pre["window"], fill_nonfinite=fill)
+        intensity = pre.get("intensity") or pre["window"]
+        image = preprocess_volume(path, pre["spacing"], intensity, fill_nonfinite=fill)
     except ConfigError as err:
         raise PredictError(str(err)) from None
     inference = card["inference"]
@@ -154,7 +157,8 @@ def predict(
 
     Classification -> ``output/predictions.csv`` (`csv_columns`); segmentation ->
     ``output/<id>.nii.gz`` label maps (+ ``<id>_probs.nii.gz`` (X, Y, Z, C) with
-    `probabilities`). Both write ``output/predictions.json`` (model, inputs, files), returned.
+    `probabilities`); a model with C > 1 input channels reads one file per channel,
+    ``<id>_0000.nii.gz`` .. ``<id>_<C-1>.nii.gz``, in the first one's grid. Both write ``output/predictions.json`` (model, inputs, files), returned.
     `task`: refuse a model of another task; `batch_size`: images (classification) or windows
     (segmentation) per forward, default the card's. Bad input: `PredictError`, nothing written."""
     if not isinstance(model, LoadedModel):
@@ -189,12 +193,14 @@ def predict(
             manifest["files"] = ["predictions.csv"]
             write_manifest(tmp, manifest)
         return manifest
-    refs = {item.id: read_volume(item.path, card["in_channels"]) for item in items}  # all first
+    items = group_channels(items, card["in_channels"])
+    refs = {item.id: read_case(item, card["in_channels"]) for item in items}  # all first
     sw = batch_size or card["inference"]["sw_batch_size"]
     files = []
     with output_folder(output) as tmp:
         for item in tqdm(items, desc="predict", unit="volume", disable=None):
-            labels, probs = segment_volume(model, item.path, sw, probabilities, autocast)
+            source = [str(f) for f in item.channels] or item.path
+            labels, probs = segment_volume(model, source, sw, probabilities, autocast)
             ref = refs[item.id]
             if labels.shape != tuple(ref.shape):  # the inverse must land on the input grid
                 raise PredictError(
@@ -202,6 +208,8 @@ def predict(
                 )
             write_nifti(tmp / f"{item.id}.nii.gz", labels, ref)
             entry = {"id": item.id, "input": str(item.path), "labels": f"{item.id}.nii.gz"}
+            if item.channels:
+                entry["input"] = [str(f) for f in item.channels]
             if probs is not None:
                 write_nifti(tmp / f"{item.id}_probs.nii.gz", probs, ref)
                 entry["probabilities"] = f"{item.id}_probs.nii.gz"

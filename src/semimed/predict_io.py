@@ -35,10 +35,17 @@ class PredictError(ConfigError):
 
 @dataclass(frozen=True)
 class Item:
-    """One input: `id` (names its outputs; a relative path without suffix) and its file."""
+    """One input: `id` (names its outputs; a relative path without suffix) and its file;
+    a multi-channel volume also has `channels`, one file per input channel (`path` is the
+    first)."""
 
     id: str
     path: Path
+    channels: tuple[Path, ...] = ()
+
+    @property
+    def files(self) -> list[Path]:
+        return list(self.channels) or [self.path]
 
 
 def _suffix(path: Path, suffixes: Sequence[str]) -> str | None:
@@ -124,7 +131,7 @@ def check_output(
     """Refuse an output folder that is, holds or sits inside an input or the model folder,
     or that exists with files of its own (no `marker`: not a previous run's output)."""
     out = Path(output).resolve()
-    for raw in [*inputs, *(i.path for i in items), model]:
+    for raw in [*inputs, *(f for i in items for f in i.files), model]:
         src = Path(raw).resolve()
         if _inside(src, out):
             raise PredictError(f"{output}: output folder would overwrite or contain {raw}")
@@ -174,6 +181,53 @@ def read_volume(path: Path, in_channels: int) -> nib.spatialimages.SpatialImage:
             f"{path}: is {len(shape)}D (shape {list(shape)}); the model takes 3D volumes (X, Y, Z)"
         )
     return img
+
+
+def group_channels(items: Sequence[Item], in_channels: int) -> list[Item]:
+    """Volumes of a model with `in_channels` > 1: the files `<case>_0000.nii.gz` ..
+    `<case>_<C-1>.nii.gz` (nnU-Net's names) become one item `<case>`; a file without a channel
+    suffix, or a case missing a channel, is refused. One channel: `items` as they are."""
+    if in_channels == 1:
+        return list(items)
+    cases: dict[str, dict[int, Path]] = {}
+    for item in items:
+        stem, _, channel = item.id.rpartition("_")
+        if not (stem and len(channel) == 4 and channel.isdigit()):
+            raise PredictError(
+                f"{item.path}: the model takes {in_channels} input channels, one file each, "
+                f"named <case>_0000 .. <case>_{in_channels - 1:04d}.nii.gz; this name has none"
+            )
+        cases.setdefault(stem, {})[int(channel)] = item.path
+    out = []
+    for case, files in cases.items():
+        if sorted(files) != list(range(in_channels)):
+            have = ", ".join(f"_{k:04d}" for k in sorted(files))
+            raise PredictError(
+                f"{files[min(files)]}: case {case!r} has channels {have}; the model takes "
+                f"{in_channels} (_0000 .. _{in_channels - 1:04d})"
+            )
+        paths = tuple(files[k] for k in range(in_channels))
+        out.append(Item(case, paths[0], paths))
+    return out
+
+
+def read_case(item: Item, in_channels: int) -> nib.spatialimages.SpatialImage:
+    """The header of `item`'s first file (`read_volume`), after checking every channel file
+    is a 3D volume on that file's grid (the same shape, affine within 1e-3)."""
+    ref = read_volume(item.path, in_channels)
+    for path in item.files[1:]:
+        img = read_volume(path, in_channels)
+        if tuple(img.shape) != tuple(ref.shape):
+            raise PredictError(
+                f"{path}: shape {list(img.shape)} differs from channel 0 {item.path} "
+                f"{list(ref.shape)} (every input channel must share one voxel grid)"
+            )
+        if not np.allclose(img.affine, ref.affine, atol=1e-3):
+            raise PredictError(
+                f"{path}: affine differs from channel 0 {item.path} (every input channel "
+                "must share one voxel grid)"
+            )
+    return ref
 
 
 def _like(data: np.ndarray, ref: nib.spatialimages.SpatialImage) -> nib.Nifti1Image:

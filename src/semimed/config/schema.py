@@ -142,6 +142,12 @@ class SegPreprocess(Checked):
     ]
     # NaN / infinite image voxels: refuse the file at ingest, or set them to 0 after scaling
     nan_policy: Annotated[str, OneOf("error", "zero", note="error refuses the file")] = "error"
+    # intensity rule (semimed.data.intensity): auto = from dataset.json's channel names
+    # (CT or none named -> ct_window, other modalities -> zscore)
+    normalize: Annotated[
+        str,
+        OneOf("auto", "ct_window", "zscore", "percentile", note="ct_window uses window"),
+    ] = "auto"
 
 
 @dataclass(frozen=True)
@@ -188,12 +194,17 @@ class Train(Checked):
     # crop along each in-plane axis (DHC's flips: 0.5)
     label_crop: Literal["class_balanced", "random"] = "class_balanced"
     crop_flip: Annotated[float, Range(ge=0, le=1, note="a probability")] = 0.0
-    # budget and early stopping (semimed.convergence): epochs = passes over the largest pool
-    # (null: `steps` alone); patience in validations (0: off); min_delta in val-metric units
+    # budget and early stopping (semimed.convergence): stop = the budget protocol (fixed:
+    # every run `steps` steps, patience ignored, epochs refused; early: the stop rule);
+    # epochs = passes over the largest pool (null: `steps` alone); patience in validations
+    # (0: off); min_delta in val-metric units; smooth = validations in the running mean the
+    # stop rule and the "converged" flag judge (1: the raw scores)
+    stop: Literal["early", "fixed"] = "early"
     epochs: Annotated[float, Range(gt=0, note="passes over the data; null = off")] | None = None
     patience: Annotated[int, Range(ge=0, note="validations; 0 disables")] = 0
     min_steps: Annotated[int, Range(ge=0)] = 0
     min_delta: Annotated[float, Range(ge=0)] = 0.0
+    smooth: Annotated[int, Range(ge=1, note="validations; 1 = raw scores")] = 1
     # consecutive non-finite steps (skipped) before the run stops
     max_nonfinite: Annotated[int, Range(ge=1)] = 20
     # batches drawn ahead in a background thread (semimed.data.prefetch; 0: none). Changes
@@ -217,6 +228,12 @@ class Train(Checked):
             "batch_size",
             f"{self.batch_size} must divide by devices ({self.devices}): it is the global "
             "batch, split among the processes",
+        )
+        require(
+            self.stop == "early" or self.epochs is None,
+            "epochs",
+            f"must be null when stop is fixed (every run takes steps = {self.steps}); got "
+            f"{self.epochs}",
         )
 
 

@@ -4,9 +4,9 @@ Preprocessed data is small enough to live in memory (the default echo set is 11 
 CT set ~30 MB), so items are gathered by index rather than through a DataLoader.
 `train_batches` yields the `Batch` dict of CONTRACTS / DESIGN:
 
-* ``x_lb``  (B, 1, ...) labeled images, weakly augmented (echo) or cropped patches (CT)
+* ``x_lb``  (B, C, ...) labeled images, weakly augmented (echo) or cropped patches (CT, MR)
 * ``y_lb``  (B,) class indices, or (B, 1, X, Y, Z) label patches
-* ``x_ulb_<v>`` (B*mu, 1, ...) for each view ``v`` in the method's ``views`` (default "w",
+* ``x_ulb_<v>`` (B*mu, C, ...) for each view ``v`` in the method's ``views`` (default "w",
   "s"): independent weak ("w...") or strong ("s...") draws of the same unlabeled images, and
   ``i_ulb`` (B*mu,) their positions in the unlabeled pool -- only for methods with
   ``uses_unlabeled`` (a `StreamSpec`, which `semimed.build` derives from the method). The
@@ -140,13 +140,14 @@ class TrainStream:
         self.lab_stream = _IndexStream(len(lab_ids), b, self.gen)
         self.ulb_stream = _IndexStream(len(ulb_ids), b * mu, self.gen) if ulb_ids else None
         flip = 0.0 if spec(data.task).dense else cfg.train.flip
+        unit_range = data.intensity is None or data.intensity.unit_range  # [0, 1] intensities
         self.weak = seed_transform(weak_augment(data.task, flip=flip), run_seed % 2**31)
         # One transform per view, each with its own random stream: "w" and "w2" are independent.
         self.views = {
             v: seed_transform(
                 weak_augment(data.task, flip=flip)
                 if v.startswith("w")
-                else strong_augment(data.task, flip=flip),
+                else strong_augment(data.task, flip=flip, unit_range=unit_range),
                 (run_seed + 1 + k) % 2**31,
             )
             for k, v in enumerate(stream.views if ulb_ids else ())

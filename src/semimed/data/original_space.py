@@ -22,6 +22,7 @@ from monai.transforms.utils import convert_applied_interp_mode
 from monai.utils import TraceKeys
 
 from semimed.config import ConfigError
+from semimed.data.intensity import Intensity, empty_crop_reason, from_window
 from semimed.data.preprocess import segmentation_chain
 
 
@@ -39,57 +40,88 @@ def _finite(image):
     return image
 
 
+def _spec(intensity) -> Intensity:
+    """An `Intensity`, its dict (a manifest's, a card's) or an HU window -> an `Intensity`."""
+    if isinstance(intensity, Intensity):
+        return intensity
+    if isinstance(intensity, dict):
+        return Intensity.from_dict(intensity)
+    return from_window(intensity)
+
+
+def _files(path) -> str | list[str]:
+    """One volume's file, or its input channels' files (a list)."""
+    return [str(p) for p in path] if isinstance(path, list | tuple) else str(path)
+
+
 @functools.lru_cache(maxsize=4)
-def volume_chain(
-    spacing: tuple[float, ...], window: tuple[float, ...], fill_nonfinite: bool = False
-) -> Compose:
+def volume_chain(spacing: tuple[float, ...], intensity, fill_nonfinite: bool = False) -> Compose:
     """Training's `segmentation_chain` (image only) without its final conversion to NumPy,
-    so its output keeps MONAI's record of the spatial steps applied (for the inverse)."""
-    chain = segmentation_chain(spacing, window, labeled=False, fill_nonfinite=fill_nonfinite)
+    so its output keeps MONAI's record of the spatial steps applied (for the inverse).
+    `intensity`: an `Intensity` or an HU window (hashable: a tuple)."""
+    chain = segmentation_chain(spacing, intensity, labeled=False, fill_nonfinite=fill_nonfinite)
     if not fill_nonfinite:  # never run a network on NaN: refuse right after loading
         chain = Compose([chain.transforms[0], Lambdad("image", _finite), *chain.transforms[1:]])
     return Compose([t for t in chain.transforms if not isinstance(t, EnsureTyped)])
 
 
-def preprocess_volume(
-    path: str | Path, spacing, window, fill_nonfinite: bool = False
-) -> MetaTensor:
-    """A NIfTI volume -> (1, X', Y', Z') float32 in [0, 1], RAS, `spacing` mm, cropped to the
-    body: exactly what training saw, plus its metadata and applied operations.
-    `fill_nonfinite`: the `nan_policy: zero` fill of training's chain (NaN stay otherwise)."""
-    chain = volume_chain(
-        tuple(float(s) for s in spacing), tuple(float(w) for w in window), fill_nonfinite
-    )
+def preprocess_volume(path, spacing, intensity, fill_nonfinite: bool = False) -> MetaTensor:
+    """A NIfTI volume (a path, or a list of one path per input channel) -> (C, X', Y', Z')
+    float32, RAS, `spacing` mm, normalised and cropped by `intensity` (an `Intensity`, its
+    dict or an HU window): exactly what training saw, plus its metadata and applied
+    operations. `fill_nonfinite`: the `nan_policy: zero` fill of training's chain."""
+    spec = _spec(intensity)
+    chain = volume_chain(tuple(float(s) for s in spacing), spec, fill_nonfinite)
+    first = path[0] if isinstance(path, list | tuple) else path
     try:
-        image = chain({"image": str(path)})["image"]
+        image = chain({"image": _files(path)})["image"]
     except Exception as err:
-        raise ConfigError(f"{path}: cannot preprocess ({error_cause(err)})") from None
+        raise ConfigError(f"{first}: cannot preprocess ({error_cause(err)})") from None
     if min(image.shape[1:]) == 0:
-        raise ConfigError(f"{path}: no voxel above the intensity window {list(window)}")
+        if spec.mode == "ct_window":
+            raise ConfigError(f"{first}: no voxel above the intensity window {list(spec.window)}")
+        raise ConfigError(f"{first}: {empty_crop_reason(spec)}")
     return image
 
 
-def volume_geometry(path: str | Path, spacing, window) -> MetaTensor:
+def volume_geometry(path, spacing, window) -> MetaTensor:
     """What mapping labels back to `path`'s grid needs of the volume -- its preprocessed
     shape, its metadata and MONAI's record of the applied operations -- without its voxels
     (a broadcast zero). Cached per file version (path, modification time, size): evaluation
     maps every run's predictions of the same test volumes, and the chain (load, reorient,
     resample, crop) would be redone for nothing. Only the geometry is used, so non-finite
-    intensities are filled, not refused."""
-    try:
-        st = Path(path).stat()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot preprocess ({err.strerror})") from None
-    spacing, window = tuple(float(s) for s in spacing), tuple(float(w) for w in window)
-    return _geometry(str(path), st.st_mtime_ns, st.st_size, spacing, window)
+    intensities are filled, not refused. `path`: a file or a list of one per input channel;
+    `window`: the normalisation (an `Intensity`, its dict or an HU window), whose crop the
+    geometry repeats."""
+    files = _files(path)
+    stamps = []
+    for f in files if isinstance(files, list) else [files]:
+        try:
+            st = Path(f).stat()
+        except OSError as err:
+            raise ConfigError(f"{f}: cannot preprocess ({err.strerror})") from None
+        stamps.append((st.st_mtime_ns, st.st_size))
+    key = tuple(files) if isinstance(files, list) else files
+    spacing = tuple(float(s) for s in spacing)
+    return _geometry(key, tuple(stamps), spacing, _spec(window))
 
 
 @functools.lru_cache(maxsize=1024)
-def _geometry(path: str, _mtime_ns: int, _size: int, spacing, window) -> MetaTensor:
-    full = preprocess_volume(path, spacing, window, fill_nonfinite=True)
+def _geometry(path, _stamps, spacing, intensity) -> MetaTensor:
+    files = list(path) if isinstance(path, tuple) else path
+    full = preprocess_volume(files, spacing, intensity, fill_nonfinite=True)
     ref = MetaTensor(torch.zeros(()).expand(full.shape), meta=full.meta)
     ref.applied_operations = full.applied_operations
     return ref
+
+
+@functools.lru_cache(maxsize=1)
+def _spatial_steps() -> Compose:
+    """The chain's invertible spatial steps (reorient, resample, crop; settings unused by
+    the inverse), without the `Lambdad`s a chain may or may not hold (the non-finite check
+    or fill), whose records lie below the spatial ones and are left alone."""
+    chain = volume_chain((1.0, 1.0, 1.0), (0.0, 1.0))
+    return Compose([t for t in chain.transforms if not isinstance(t, Lambdad)])
 
 
 def _untraced(ops):
@@ -113,8 +145,7 @@ def invert(data: torch.Tensor, reference: MetaTensor, nearest: bool) -> np.ndarr
         ops = convert_applied_interp_mode(ops, mode="nearest", align_corners=None)
     pred = MetaTensor(data.detach().float().cpu(), meta=deepcopy(reference.meta))
     pred.applied_operations = ops
-    inverse_chain = volume_chain((1.0, 1.0, 1.0), (0.0, 1.0))  # settings unused by the inverse
-    out = inverse_chain.inverse({"image": pred})["image"]
+    out = _spatial_steps().inverse({"image": pred})["image"]
     return np.asarray(out.detach().cpu().numpy())
 
 
@@ -127,7 +158,8 @@ def labels_in_original_space(
     `labels`: (X', Y', Z') or (1, X', Y', Z') integers, on the grid `segmentation_chain
     (spacing, window)` makes of `image`, e.g. a `predict_volume` result on a preprocessed
     volume. `image`: the `preprocess_volume` output (carries the applied operations), or the
-    path of the original NIfTI, whose `volume_geometry` with `spacing` (mm) and `window`
+    path of the original NIfTI (or its channels' paths), whose `volume_geometry` with
+    `spacing` (mm) and `window` (the normalisation: an `Intensity`, its dict or an HU window)
     recovers them -- what evaluation needs to score in the label files' own space (the
     labeled chain crops and resamples labels on the image's grid, so it is the same).
     Voxels outside the body crop are background (0)."""

@@ -5,10 +5,12 @@ Classification writes one `images.npy` of shape (N, C, S, S) float32 in [0, 1] (
 DVC-tracked files -- and `manifest.json` whose `records` follow the row order of
 `images.npy`, with integer labels per target (null = unknown; a null record = unlabeled).
 
-Segmentation writes `<id>_image.npy` (1, X, Y, Z) float32 in [0, 1] and `<id>_label.npy`
+Segmentation writes `<id>_image.npy` (C, X, Y, Z) float32 (C input channels; [0, 1] under
+the HU window, z-scored otherwise: `semimed.data.intensity`) and `<id>_label.npy`
 (1, X, Y, Z) uint8 per labeled case, resampled to the target spacing in RAS orientation and
-cropped to the body, plus `manifest.json` with the spacing (mm), shape and present classes of
-every case (`labeled: false` for volumes without labels: image only).
+cropped (to the body, or to the non-zero region), plus `manifest.json` with the spacing (mm),
+the resolved normalisation (`intensity`, with any dataset statistics), the channel names,
+and the shape and present classes of every case (`labeled: false`: image only).
 
 Intensity rules (docs/data.md "Intensities"): 8-bit images (and PIL's 8-bit conversions of
 palette, RGBA, ... images) map 0..255 to [0, 1], so absolute brightness is kept; 16-bit and
@@ -17,8 +19,8 @@ their real range is unknown (12-bit data in 16-bit files is common); a constant 
 becomes 0. NaN / infinite values never reach the arrays: segmentation images follow
 `preprocess.nan_policy` (ingest refuses them, or they become the window's low end, 0);
 any other non-finite output stops preprocessing with the file's name. A constant image is
-kept (8-bit: its value / 255; wider: 0); a volume with no voxel above the window's low end
-(blank, or not CT) is refused, as its body crop would be empty. Images smaller than
+kept (8-bit: its value / 255; wider: 0); a volume whose crop is empty (no voxel above the
+window's low end, or none non-zero) is refused. Images smaller than
 `image_size` are resized up like any other; volumes smaller than the training patch are
 padded by the loader (`semimed.data.loaders`) and by sliding-window inference.
 """
@@ -33,7 +35,6 @@ import torch
 from monai.data import PILReader
 from monai.transforms import (
     Compose,
-    CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
     Lambdad,
@@ -45,6 +46,14 @@ from monai.transforms import (
 )
 
 from semimed.config import ConfigError, TaskConfig
+from semimed.data.intensity import (
+    Intensity,
+    empty_crop_reason,
+    foreground_stats,
+    from_window,
+    resolve_mode,
+)
+from semimed.data.intensity_steps import fill_step, normalise_steps
 from semimed.io import atomic_dir, write_json_atomic
 from semimed.tasks import spec
 
@@ -128,27 +137,31 @@ def _to_channels(channels: int):
 
 
 def segmentation_chain(
-    spacing, window, labeled: bool = True, fill_nonfinite: bool = False
+    spacing, intensity, labeled: bool = True, fill_nonfinite: bool = False
 ) -> Compose:
-    """NIfTI image (+ label) -> RAS, resampled to `spacing` mm, HU window -> [0, 1], body crop.
-    `fill_nonfinite` (nan_policy zero): NaN and -inf -> the window's low end, +inf -> its high
-    end, before resampling spreads them."""
+    """NIfTI image (one file, or one per input channel) + label -> channel first, RAS,
+    resampled to `spacing` mm, normalised and cropped by `intensity` (an `Intensity`, or an
+    HU window (low, high): the ct_window rule; see `semimed.data.intensity`).
+    `fill_nonfinite` (nan_policy zero): ct_window: NaN and -inf -> the window's low end, +inf
+    -> its high end; the z-score rules: see `fill_step`; before resampling spreads them."""
+    spec = intensity if isinstance(intensity, Intensity) else from_window(intensity)
     keys = ["image", "label"] if labeled else ["image"]
     modes = ("bilinear", "nearest")[: len(keys)]
-    lo, hi = float(window[0]), float(window[1])
-    fill = [Lambdad("image", partial(torch.nan_to_num, nan=lo, posinf=hi, neginf=lo))]
+    fill, late_fill = [], []
+    if fill_nonfinite and spec.mode == "ct_window":
+        lo, hi = float(spec.window[0]), float(spec.window[1])
+        fill = [Lambdad("image", partial(torch.nan_to_num, nan=lo, posinf=hi, neginf=lo))]
+    elif fill_nonfinite:
+        late_fill = [fill_step(spec)]
     return Compose(
         [
             LoadImaged(keys, image_only=True),
-            *(fill if fill_nonfinite else []),
+            *fill,
             EnsureChannelFirstd(keys),
+            *late_fill,
             Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacingd(keys, pixdim=spacing, mode=modes),
-            ScaleIntensityRanged(
-                "image", a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True
-            ),
-            # Air is below the window (0 after scaling); crop to the body with a small margin.
-            CropForegroundd(keys, source_key="image", margin=2, allow_smaller=True),
+            *normalise_steps(spec, keys),
             EnsureTyped(keys, data_type="numpy", track_meta=False),
         ]
     )
@@ -215,22 +228,43 @@ def _require_finite(image: np.ndarray, path) -> None:
         raise ConfigError(f"{path}: NaN or infinite values after preprocessing; fix the file")
 
 
+def dataset_intensity(cfg: TaskConfig, manifest: dict) -> Intensity:
+    """The ingested dataset's normalisation: `preprocess.normalize` resolved against its
+    channel names, with the percentile rule's foreground statistics."""
+    p = cfg.preprocess
+    channels = int(manifest.get("channels", 1))
+    mode, _ = resolve_mode(p.normalize, manifest.get("channel_names"))  # ingest warned
+    if mode == "ct_window":
+        return from_window(p.window, channels)
+    if mode == "zscore":
+        return Intensity("zscore", channels)
+    return foreground_stats(_raw_pairs(manifest), channels, p.nan_policy == "zero")
+
+
+def _raw_pairs(manifest: dict):
+    """(image (C, X, Y, Z), label (1, X, Y, Z)) of every labeled case, on its file's grid."""
+    keys = ["image", "label"]
+    load = Compose([LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)])
+    for rec in manifest["records"]:
+        if rec["label"] is not None:
+            out = load({"image": rec["image"], "label": rec["label"]})
+            yield out["image"].numpy(), out["label"].numpy()
+
+
 def _preprocess_segmentation(cfg: TaskConfig, manifest: dict, tmp: Path) -> dict:
     p = cfg.preprocess
     spacing, zero = tuple(p.spacing), p.nan_policy == "zero"
-    chains = {flag: segmentation_chain(spacing, p.window, flag, zero) for flag in (True, False)}
+    intensity = dataset_intensity(cfg, manifest)
+    chains = {flag: segmentation_chain(spacing, intensity, flag, zero) for flag in (True, False)}
     num_classes = len(manifest["classes"])
     records = []
     for rec in manifest["records"]:
         labeled = rec["label"] is not None
         out = chains[labeled]({"image": rec["image"], "label": rec["label"]})
         image = out["image"].astype(np.float32)
-        _require_finite(image, rec["image"])
+        _require_finite(image, _first(rec["image"]))
         if 0 in image.shape:  # e.g. a blank (all-air) or non-CT volume under a CT window
-            raise ConfigError(
-                f"{rec['image']}: no voxel above preprocess.window's low end ({p.window[0]:g}), "
-                "so the body crop is empty; check the window against this image's intensities"
-            )
+            raise ConfigError(f"{_first(rec['image'])}: {empty_crop_reason(intensity)}")
         np.save(tmp / f"{rec['id']}_image.npy", image)
         present = []
         if labeled:
@@ -254,5 +288,12 @@ def _preprocess_segmentation(cfg: TaskConfig, manifest: dict, tmp: Path) -> dict
         "task": "segmentation",
         "classes": manifest["classes"],
         "spacing": list(spacing),
+        "channel_names": manifest.get("channel_names"),
+        "intensity": intensity.to_dict(),  # what predict applies to new volumes too
         "records": records,
     }
+
+
+def _first(image) -> str:
+    """A record's image: its path, or its first channel's."""
+    return str(image[0] if isinstance(image, list) else image)

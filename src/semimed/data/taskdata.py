@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from semimed.config import ConfigError, TaskConfig
+from semimed.data.intensity import Intensity, from_window
 from semimed.tasks import spec
 
 
@@ -22,7 +23,8 @@ class TaskData:
     """A task's preprocessed data with its split.
 
     classification: `images` (N, 1, H, W) float32 tensor, `labels` (N,) int64.
-    segmentation: `volumes[id] = (image (1, X, Y, Z) float32, label (1, X, Y, Z) uint8)`.
+    segmentation: `volumes[id] = (image (C, X, Y, Z) float32, label (1, X, Y, Z) uint8)`,
+    C input channels, normalised as `intensity` says (`semimed.data.intensity`).
     """
 
     task: str
@@ -38,6 +40,9 @@ class TaskData:
     targets: tuple[str, ...] = ()
     task_classes: tuple[list[str], ...] = ()
     all_labels: torch.Tensor | None = None
+    # segmentation: the preprocess stage's normalisation and the input channels' names
+    intensity: Intensity | None = None
+    channel_names: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -51,8 +56,10 @@ class TaskData:
 
     @property
     def in_channels(self) -> int:
-        """Input channels of the network (1 grayscale, 3 RGB; CT volumes have 1)."""
-        return 1 if spec(self.task).dense else int(self.images.shape[1])
+        """Input channels of the network (1 grayscale, 3 RGB; volumes: one per sequence)."""
+        if spec(self.task).dense:
+            return self.intensity.channels if self.intensity else 1
+        return int(self.images.shape[1])
 
     @property
     def task_sizes(self) -> tuple[int, ...]:
@@ -108,6 +115,12 @@ def load_task_data(cfg: TaskConfig, processed: Path, splits_path: Path) -> TaskD
         {},
         volumes=volumes,
         spacing=tuple(manifest["spacing"]),
+        intensity=(
+            Intensity.from_dict(manifest["intensity"], f"{processed / 'manifest.json'}: intensity")
+            if "intensity" in manifest
+            else from_window(cfg.preprocess.window)
+        ),
+        channel_names=manifest.get("channel_names"),
     )
 
 

@@ -49,8 +49,9 @@ def read_label_file(path: str | Path) -> tuple[np.ndarray, tuple[float, float, f
 class OriginalSpaceScorer:
     """A `SegmentationScorer` fed with predictions mapped back to the original label files.
 
-    `files`: `original_files` of the task; `spacing` (mm) and `window` (HU): the task's
-    `preprocess` settings, needed to redo the chain whose inverse maps the prediction back.
+    `files`: `original_files` of the task; `spacing` (mm) and `window` (the normalisation:
+    an `Intensity` or an HU window): the preprocess stage's settings, needed to redo the
+    chain whose inverse maps the prediction back.
     Cases whose label file is unknown or absent (image-only) are skipped and counted.
     """
 

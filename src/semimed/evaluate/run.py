@@ -116,7 +116,7 @@ def _segmentation(cfg, data, model, device, plots: Path, title, ingested) -> tup
     resampled = SegmentationScorer(data.class_names)
     pre = cfg.preprocess
     original = OriginalSpaceScorer(
-        data.class_names, original_files(ingested), pre.spacing, pre.window
+        data.class_names, original_files(ingested), pre.spacing, data.intensity or pre.window
     )
     for k, vid in enumerate(data.split["test"]):
         image, label = data.volumes[vid]

@@ -114,7 +114,9 @@ class BatchRandIntensityd(Randomizable, MapTransform):
     """Per-image random gamma contrast, brightness shift, Gaussian noise and blur.
 
     Each perturbation is applied to each image with probability `prob`; intensities are
-    assumed roughly in [0, 1] (the preprocess stage scales them so) and are not clipped.
+    not clipped. `unit_range`: intensities are in [0, 1] (the HU window) and gamma acts on
+    them directly (negative values clipped to 0 first); else (z-scored volumes) gamma acts
+    on each image channel's own min..max mapped to [0, 1] and back, as nnU-Net's gamma does.
 
     Args:
         gamma: max |log gamma| of the contrast change (0.4 -> gamma in [0.67, 1.49]).
@@ -131,10 +133,11 @@ class BatchRandIntensityd(Randomizable, MapTransform):
         noise: float = 0.0,
         blur: float = 0.0,
         prob: float = 0.5,
+        unit_range: bool = True,
     ):
         MapTransform.__init__(self, keys)
         self.gamma, self.brightness, self.noise = gamma, brightness, noise
-        self.blur, self.prob = blur, prob
+        self.blur, self.prob, self.unit_range = blur, prob, unit_range
 
     def randomize(self, batch: int) -> dict[str, np.ndarray]:
         on = self.R.uniform(size=(4, batch)) < self.prob
@@ -151,13 +154,21 @@ class BatchRandIntensityd(Randomizable, MapTransform):
         for key in self.key_iterator(d):
             x = d[key].float()
             p = self.randomize(x.shape[0])
-            x = x.clamp_min(0) ** _per_image(p["gamma"], x) + _per_image(p["shift"], x)
+            x = self._gamma(x, _per_image(p["gamma"], x)) + _per_image(p["shift"], x)
             gen = torch.Generator(device=x.device).manual_seed(int(p["seed"]))
             x = _add_noise(x, _per_image(p["noise"], x), gen)
             if self.blur > 0 and (p["blur"] > 0).any():
                 x = _blur_per_sample(x, p["blur"])
             d[key] = x.to(d[key].dtype)
         return d
+
+    def _gamma(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        if self.unit_range:
+            return x.clamp_min(0) ** gamma
+        dims = tuple(range(2, x.ndim))
+        lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+        width = (hi - lo).clamp_min(1e-7)
+        return ((x - lo) / width).clamp(0, 1) ** gamma * width + lo
 
 
 class BatchRandSomeOfd(Randomizable, MapTransform):

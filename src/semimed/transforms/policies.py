@@ -124,17 +124,26 @@ def weak_augment(task: str, keys=("image",), label_keys=(), flip: float = 0.0) -
     return Compose([])
 
 
-def strong_augment(task: str, keys=("image",), flip: float = 0.0) -> Compose:
+def strong_augment(
+    task: str, keys=("image",), flip: float = 0.0, unit_range: bool = True
+) -> Compose:
     """Strong view. Classification: an independent weak-view warp, then, as in seed 000's
     code, each image with probability 0.5 gets k ~ U{1..n} distinct operations of the set for
     its input kind (`STRONG_OPS`), each with its own parameters (REFERENCES paraphrases this
     as "1..n of them, each with p=0.5"): echo operations for grey frames, colour operations
-    for colour images, volume operations for volumes. CT segmentation: intensity changes and
-    noise only (spatially aligned with the weak view)."""
+    for colour images, volume operations for volumes. Segmentation: intensity changes and
+    noise only (spatially aligned with the weak view); `unit_range` false for z-scored volumes
+    (`BatchRandIntensityd`)."""
     if task == "classification":
         some_of = {kind: _some_of(make(keys), keys) for kind, make in STRONG_OPS.items()}
         return Compose([_classification_warp(keys, flip=flip), BatchByInputKindd(keys, some_of)])
-    return Compose([BatchRandIntensityd(keys, gamma=0.3, brightness=0.1, noise=0.1, prob=0.8)])
+    return Compose(
+        [
+            BatchRandIntensityd(
+                keys, gamma=0.3, brightness=0.1, noise=0.1, prob=0.8, unit_range=unit_range
+            )
+        ]
+    )
 
 
 def seed_transform(transform: Compose, seed: int) -> Compose:

@@ -16,9 +16,10 @@ classification::
 segmentation::
 
     {"task": "segmentation", "source": name, "classes": ["background", ...],
-     "records": [{"id": str, "image": path, "label": path or null, "group": patient id,
+     "records": [{"id": str, "image": path (one input channel) or [path per channel],
+                  "label": path or null, "group": patient id,
                   ["split": "train" | "train_labeled" | "train_unlabeled" | "val" | "test"]}],
-     "warnings": [str]}
+     "warnings": [str], "channels": C, "channel_names": [name per channel] or null}
 
 Paths are as given under `data.root` (relative to the repository root, where DVC runs
 stages, or absolute). Nothing is copied from the user's folder; the synthetic source
@@ -91,6 +92,7 @@ def ingest(cfg: TaskConfig, out_dir: Path) -> dict:
             "classes": index.classes,
             "records": index.records,
             "warnings": index.warnings,
+            **index.extra,
         }
         write_json_atomic(tmp / "manifest.json", manifest)
     return manifest

@@ -6,9 +6,10 @@ Layout under `data.root`::
     unlabeled/**/<image>                        optional: images without labels
 
 Target `label`; classes are the folder names (sorted; numerically if all are integers).
-Id = file name without extension (must be unique across folders: the same name under two
-classes is an error, not a guess). Group = `data.group_regex` on the id, else the image.
-There is no official split.
+Id = the path under `data.root` without extension (`benign/0`, `unlabeled/scan3/0`), so
+the same file name in two class folders gives two items, as in torchvision's ImageFolder.
+Group = `data.group_regex` on the path inside the class (or `unlabeled/`) folder without
+extension (`0`, `scan3/0`), else the image. There is no official split.
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ def read(cfg, root: Path) -> Index:
             raise IngestError(f"{root / name}: class folder without images ({', '.join(SUFFIXES)})")
         for path in paths:
             check_image(path)
+            inner = path.relative_to(root / name).with_suffix("").as_posix()
             records.append(
                 {
-                    "id": path.stem,
+                    "id": f"{name}/{inner}",
                     "image": str(path),
-                    "group": group_of(path.stem, cfg.data.group_regex),
+                    "group": group_of(inner, cfg.data.group_regex, f"{name}/{inner}"),
                     "labels": None if name == UNLABELED else {"label": name},
                 }
             )

@@ -29,11 +29,13 @@ class IngestError(ConfigError):
 @dataclass
 class Index:
     """What a source reader returns: class names (classification: per target) and records
-    (see `semimed.data.sources`), plus warnings for the user."""
+    (see `semimed.data.sources`), plus warnings for the user and `extra` manifest keys
+    (segmentation: the input channels and their names)."""
 
     classes: dict | list
     records: list[dict]
     warnings: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
 
 
 def require_dir(path: Path, key: str) -> Path:
@@ -132,38 +134,73 @@ def check_label_values(path: Path, label: np.ndarray, classes: list[str]) -> lis
     return [int(v) for v in values]
 
 
-def check_pair(image_path: Path, label_path: Path, classes: list[str]) -> tuple:
-    """Image and label volumes of the same shape and affine; returns (image, spacing, present)."""
-    image, affine, spacing = load_nifti(image_path)
+def load_case(paths: list[Path]) -> tuple[list[np.ndarray], np.ndarray, tuple[float, ...]]:
+    """A case's input channels (one 3D file each): (arrays, affine, spacing), every channel
+    on the first one's grid (the same shape, affine within 1e-3)."""
+    first, affine, spacing = load_nifti(paths[0])
+    images = [first]
+    for path in paths[1:]:
+        image, other, _ = load_nifti(path)
+        if image.shape != first.shape:
+            raise IngestError(
+                f"{path}: shape {tuple(image.shape)} differs from channel 0 {paths[0]} "
+                f"{tuple(first.shape)} (every input channel must share one voxel grid)"
+            )
+        if not np.allclose(affine, other, atol=1e-3):
+            raise IngestError(
+                f"{path}: affine differs from channel 0 {paths[0]} (every input channel must "
+                "share one voxel grid)"
+            )
+        images.append(image)
+    return images, affine, spacing
+
+
+def check_pair(image_paths: list[Path], label_path: Path, classes: list[str]) -> tuple:
+    """Input channels and label volume of one shape and affine; returns (images, spacing,
+    present classes)."""
+    images, affine, spacing = load_case(image_paths)
     label, label_affine, _ = load_nifti(label_path)
-    if image.shape != label.shape:
+    image_path = image_paths[0]
+    if images[0].shape != label.shape:
         raise IngestError(
             f"{label_path}: shape {tuple(label.shape)} differs from its image "
-            f"{image_path} {tuple(image.shape)}"
+            f"{image_path} {tuple(images[0].shape)}"
         )
     if not np.allclose(affine, label_affine, atol=1e-3):
         raise IngestError(
             f"{label_path}: affine differs from its image {image_path} (voxel grids must match)"
         )
-    return image, spacing, check_label_values(label_path, label, classes)
+    return images, spacing, check_label_values(label_path, label, classes)
 
 
-def volume_warnings(path: Path, image: np.ndarray, spacing, target, window) -> list[str]:
-    """Legal but suspicious: resampling by more than 2x, or intensities unlike CT (HU)."""
-    out = []
+def spacing_warnings(path: Path, spacing, target) -> list[str]:
+    """Legal but suspicious: resampling by more than 2x."""
     ratio = np.asarray(spacing, dtype=float) / np.asarray(target, dtype=float)
     if np.any(ratio > 2) or np.any(ratio < 0.5):
-        out.append(
+        return [
             f"{path}: spacing {tuple(round(s, 2) for s in spacing)} mm is far from "
             f"preprocess.spacing {tuple(target)} (resampled by up to {max(ratio.max(), 1 / ratio.min()):.1f}x)"
-        )
-    lo, hi = float(np.nanmin(image)), float(np.nanmax(image))  # NaN: see check_finite
-    if lo > -200 or hi < 100:
-        out.append(
-            f"{path}: intensities span [{lo:g}, {hi:g}], unlike CT in HU; "
-            f"preprocess.window {list(window)} assumes HU (set it to this modality's range)"
-        )
-    return out
+        ]
+    return []
+
+
+def intensity_range(image: np.ndarray) -> tuple[float, float]:
+    return float(np.nanmin(image)), float(np.nanmax(image))  # NaN: see check_finite
+
+
+def hu_warning(ranges: dict[str, tuple[float, float]], window) -> list[str]:
+    """One warning for a dataset whose modality is unknown, under the HU window, when some
+    volumes' intensities (path -> (min, max)) do not look like CT in HU."""
+    odd = [(p, r) for p, r in ranges.items() if r[0] > -200 or r[1] < 100]
+    if not odd:
+        return []
+    (path, (lo, hi)), more = odd[0], len(odd) - 1
+    others = f" (and {more} more of {len(ranges)} volumes)" if more else ""
+    return [
+        f"{path}: intensities span [{lo:g}, {hi:g}], unlike CT in HU{others}; "
+        f"preprocess.window {list(window)} assumes HU and dataset.json names no modality "
+        "(add its channel_names, or set preprocess.normalize: zscore for MR)"
+    ]
 
 
 def check_unique_ids(records: list[dict], where: str) -> None:
