@@ -77,7 +77,7 @@ def test_killed_run_resumes_under_dvc_repro_bit_identically(repo):  # noqa: F811
     cls.update(methods=["fixmatch"], seeds=[0])
     cls["train"].update(steps=STEPS, eval_every=EVERY, checkpoint_every=EVERY)
     # no score beats the best by 1.0: patience runs out at the first validation >= min_steps
-    cls["train"].update(patience=1, min_steps=STOP, min_delta=1.0)
+    cls["train"].update(stop="early", patience=1, min_steps=STOP, min_delta=1.0)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     # the uninterrupted run (ingest, preprocess and split run first)

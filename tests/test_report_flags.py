@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -197,3 +198,61 @@ def test_method_and_val_curve_records(tmp_path):
     ]
     write_json_atomic(tmp_path / "r.json", records)  # valid JSON: no NaN left
     assert json.loads((tmp_path / "r.json").read_text()) == records
+
+
+def _budgets(last_steps: dict[str, list[int]]) -> dict:
+    """A converged training record per run, stopped at the given last steps."""
+    return {
+        m: {s: rf.training_record(train_info(True)) | {"last_step": n} for s, n in enumerate(ns)}
+        for m, ns in last_steps.items()
+    }
+
+
+def test_unequal_budget_flag_fires_under_60_percent_of_supervised_steps():
+    training = _budgets(
+        {
+            "supervised": [3400, 3200],  # mean 3,300
+            "fixmatch": [1800, 1900],  # 56 %: flagged
+            "mean_teacher": [2000, 2000],  # 61 %: not
+            "supervised_full": [3500, 3500],
+        }
+    )
+    assert rf.budget_shares(training)["fixmatch"] == pytest.approx(1850 / 3300)
+    flag = rf.unequal_budget_flag(training)
+    assert flag.startswith("unequal budgets: 1 method(s) stopped at under 60 % of the 3,300")
+    assert "fixmatch at 1,850 steps (56 %)" in flag and "mean_teacher" not in flag
+    assert rf.task_flags(_stats([0.5], [0.6]), "dice", training) == [flag]
+    marks = rf.marks(training)
+    assert marks == {"fixmatch": rf.UNEQUAL}
+    assert "unequal budget: its runs stopped at under 60 %" in rf.footnote(marks)
+    stats = {m: {"dice": {"mean": 0.5, "std": 0.0, "n": 2}} for m in training}
+    annotated = rf.annotate(stats, training, [flag], {"stop": "early"})
+    assert annotated["fixmatch"]["budget"] == "unequal: 56 % of supervised's steps"
+    assert annotated["mean_teacher"]["budget"] == "equal"
+    assert annotated["fixmatch"]["steps_vs_supervised"] == pytest.approx(0.5606)
+    assert "budget" not in annotated["supervised"] and annotated["budget"] == {"stop": "early"}
+    # under-trained and short: both marks
+    training["fixmatch"][0]["converged"] = False
+    assert rf.marks(training)["fixmatch"] == rf.UNDER_TRAINED + rf.UNEQUAL
+
+
+def test_no_unequal_budget_flag_at_equal_steps_or_without_the_baseline():
+    equal = _budgets({"supervised": [400, 400], "fixmatch": [400, 300], "supervised_full": [400]})
+    assert rf.unequal_budget_flag(equal) is None and rf.marks(equal) == {}
+    assert rf.unequal_budget_flag(_budgets({"fixmatch": [100]})) is None
+    old = {"supervised": {0: {"best_step": 4}}, "fixmatch": {0: {"best_step": 1}}}
+    assert rf.unequal_budget_flag(old) is None  # no last step recorded: nothing to compare
+
+
+def test_budget_protocol_in_words():
+    keys = dict(steps=4000, epochs=None, patience=8, min_steps=600, min_delta=0.002, smooth=5)
+    early = convergence.protocol(SimpleNamespace(stop="early", **keys))
+    assert early["stop"] == "early" and early["patience"] == 8 and early["smooth"] == 5
+    assert early["text"].startswith("early stopping: at most 4,000 steps; a run stops after 8")
+    fixed = convergence.protocol(SimpleNamespace(stop="fixed", **keys))
+    assert fixed == {
+        "stop": "fixed",
+        "steps": 4000,
+        "text": "fixed budget: every method trains 4,000 steps; the best validation "
+        "checkpoint is tested",
+    }

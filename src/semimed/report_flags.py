@@ -10,7 +10,12 @@ comparison can separate methods at all. Two checks, written as words a reader ca
 * **upper bound not above baseline**: ``supervised_full`` (every label) must beat
   ``supervised`` (the labeled subset) by more than the larger seed std of the two (at least
   `MIN_MARGIN`); otherwise there is no gap for a semi-supervised method to close and the
-  table cannot rank methods.
+  table cannot rank methods;
+* **unequal budgets**: a method whose runs stopped, on average over seeds (``last_step``),
+  at under `MIN_BUDGET_SHARE` of the steps of the ``supervised`` runs was compared at a
+  smaller budget than the baseline (early stopping ended it sooner).
+
+The report also states each task's budget protocol (`semimed.convergence.protocol`).
 
 Runs trained before ``train.json`` carried a ``convergence`` block are *unknown*: neither
 converged nor flagged under-trained, and said so. No torch here: the report stage imports it.
@@ -23,7 +28,8 @@ from collections.abc import Mapping
 
 LOWER, UPPER = "supervised", "supervised_full"
 MIN_MARGIN = 0.01  # smallest headline gap that counts as "above", whatever the seed std
-UNDER_TRAINED, UNKNOWN = "†", "?"  # marks after a method's name in the headline tables
+MIN_BUDGET_SHARE = 0.6  # of supervised's mean last step, below which budgets are unequal
+UNDER_TRAINED, UNKNOWN, UNEQUAL = "†", "?", "‡"  # marks after a method's name in the tables
 
 # train.json -> the metrics file's "training" block: (key in train.json's "convergence"
 # block, or at its top level) -> type. Numbers and bools only, so DVC can show and diff them.
@@ -146,11 +152,53 @@ def upper_bound_flag(stats: Mapping[str, Mapping], headline: str) -> str | None:
     )
 
 
+def _mean_last_step(seeds: Mapping[int, Mapping]) -> float | None:
+    steps = [r["last_step"] for r in seeds.values() if "last_step" in r]
+    return sum(steps) / len(steps) if steps else None
+
+
+def budget_shares(training: Training) -> dict[str, float]:
+    """``{method: mean last step / supervised's mean last step}`` for every method but
+    `LOWER` whose runs recorded their last step (empty without `LOWER`'s)."""
+    base = _mean_last_step(training.get(LOWER, {}))
+    if not base:
+        return {}
+    return {
+        method: mean / base
+        for method, seeds in training.items()
+        if method != LOWER and (mean := _mean_last_step(seeds)) is not None
+    }
+
+
+def _unequal(training: Training) -> dict[str, float]:
+    return {m: share for m, share in budget_shares(training).items() if share < MIN_BUDGET_SHARE}
+
+
+def unequal_budget_flag(training: Training) -> str | None:
+    """``"unequal budgets: ..."`` naming each method whose runs stopped at under
+    `MIN_BUDGET_SHARE` of `LOWER`'s steps (means over seeds), or None."""
+    short = _unequal(training)
+    if not short:
+        return None
+    base = _mean_last_step(training[LOWER])
+    which = ", ".join(
+        f"{m} at {_mean_last_step(training[m]):,.0f} steps ({100 * share:.0f} %)"
+        for m, share in short.items()
+    )
+    return (
+        f"unequal budgets: {len(short)} method(s) stopped at under "
+        f"{100 * MIN_BUDGET_SHARE:.0f} % of the {base:,.0f} steps of {LOWER} (means over seeds): "
+        f"{which}; their scores may reflect the shorter training more than the method. Compare "
+        "at an equal budget (train.stop=fixed) or raise train.patience / train.min_steps."
+    )
+
+
 def task_flags(stats: Mapping[str, Mapping], headline: str, training: Training) -> list[str]:
     """Every warning for one task, most severe first."""
     found = (
         under_trained_flag(training),
         upper_bound_flag(stats, headline),
+        unequal_budget_flag(training),
         unknown_flag(training),
     )
     return [flag for flag in found if flag]
@@ -158,20 +206,26 @@ def task_flags(stats: Mapping[str, Mapping], headline: str, training: Training) 
 
 def marks(training: Training) -> dict[str, str]:
     """``{method: mark}`` for the headline tables: `UNDER_TRAINED` when any of its runs was
-    still improving, else `UNKNOWN` when any run's convergence is unknown."""
+    still improving, else `UNKNOWN` when any run's convergence is unknown; then `UNEQUAL`
+    when its runs stopped at under `MIN_BUDGET_SHARE` of supervised's steps."""
     out = {}
+    unequal = _unequal(training)
     for method, seeds in training.items():
         states = {status(record) for record in seeds.values()}
+        mark = ""
         if "under-trained" in states:
-            out[method] = UNDER_TRAINED
+            mark = UNDER_TRAINED
         elif "unknown" in states:
-            out[method] = UNKNOWN
+            mark = UNKNOWN
+        mark += UNEQUAL if method in unequal else ""
+        if mark:
+            out[method] = mark
     return out
 
 
 def footnote(mark: Mapping[str, str]) -> str:
     """The legend of the marks used in a table ('' when none is)."""
-    used = set(mark.values())
+    used = {m[:1] for m in mark.values()}
     notes = []
     if UNDER_TRAINED in used:
         notes.append(
@@ -180,18 +234,38 @@ def footnote(mark: Mapping[str, str]) -> str:
         )
     if UNKNOWN in used:
         notes.append(f"{UNKNOWN} convergence unknown: trained before convergence was recorded.")
+    if any(UNEQUAL in m for m in mark.values()):
+        notes.append(
+            f"{UNEQUAL} unequal budget: its runs stopped at under "
+            f"{100 * MIN_BUDGET_SHARE:.0f} % of supervised's steps (see the warnings)."
+        )
     return "".join(f"\n{n}\n" for n in notes)
 
 
-def annotate(summary_task: Mapping[str, dict], training: Training, flags: list[str]) -> dict:
+def annotate(
+    summary_task: Mapping[str, dict],
+    training: Training,
+    flags: list[str],
+    budget: Mapping | None = None,
+) -> dict:
     """One task of ``metrics/summary.json``: each method's statistics plus ``runs`` and
-    ``converged_runs`` (counts), and the task's ``flags`` (list of strings)."""
+    ``converged_runs`` (counts), ``steps_vs_supervised`` (its mean last step over
+    supervised's; methods other than supervised) and ``budget`` (``"equal"``, or ``"unequal:
+    N % of supervised's steps"``), the task's ``flags`` (list of strings) and, given, its
+    ``budget`` protocol (`semimed.convergence.protocol`)."""
     out: dict = {}
+    shares = budget_shares(training)
     for method, stats in summary_task.items():
         seeds = training.get(method, {})
         converged = sum(status(r) == "converged" for r in seeds.values())
         out[method] = dict(stats) | {"runs": len(seeds), "converged_runs": converged}
+        if (share := shares.get(method)) is not None:
+            unequal = share < MIN_BUDGET_SHARE
+            words = f"unequal: {100 * share:.0f} % of supervised's steps" if unequal else "equal"
+            out[method] |= {"steps_vs_supervised": round(share, 4), "budget": words}
     out["flags"] = list(flags)
+    if budget is not None:
+        out["budget"] = dict(budget)
     return out
 
 

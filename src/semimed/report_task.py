@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from semimed import paths
+from semimed import convergence, paths
 from semimed import report_flags as rf
 from semimed.config import TaskConfig
 from semimed.io import write_json_atomic
@@ -87,7 +87,11 @@ def task_report(cfg: TaskConfig) -> TaskReport:
 
     marks = rf.marks(training)
     table = comparison_table(summary, task, keep, marks=marks)
-    text = [f"### {task}\n\n{rf.warnings_block(flags)}{table}{rf.footnote(marks)}\n"]
+    budget = convergence.protocol(cfg.train)
+    text = [
+        f"### {task}\n\n{rf.warnings_block(flags)}Budget protocol (train.stop: "
+        f"{budget['stop']}): {budget['text']}.\n\n{table}{rf.footnote(marks)}\n"
+    ]
     if gap := gap_closed(summary, task, headline):
         closed = ", ".join(f"{m} {100 * g:.0f} %" for m, g in gap.items())
         uninformative = rf.upper_bound_flag(stats, headline) is not None
@@ -104,7 +108,7 @@ def task_report(cfg: TaskConfig) -> TaskReport:
     paired, paired_text = task_section(task, cfg.methods, cfg.seeds, ts.dense, paths.run_cases)
     return TaskReport(
         task=task,
-        summary=rf.annotate(stats, training, flags),
+        summary=rf.annotate(stats, training, flags, budget),
         headline=headline_metrics(stats, headline),
         paired=paired,
         flags=flags,

@@ -97,7 +97,7 @@ def train_run(
         steps = convergence.budget(cfg.train.steps, cfg.train.epochs, _pools(batches))
         t = replace(cfg.train, steps=steps)
         opt = make_optimization(method, t, device)  # the schedule spans the budget
-        tracker = convergence.Tracker(t.patience, t.min_steps, t.min_delta)
+        tracker = convergence.Tracker.for_train(t)  # train.stop fixed: no early stop
         start, best, best_weights, seconds = 0, {"score": -math.inf, "step": -1}, None, 0.0
         sums: dict[str, torch.Tensor] = {}
         if state is not None:
