@@ -39,7 +39,7 @@ from benchmarks.predict_speed import bench_predict
 from benchmarks.startup import bench_startup
 from benchmarks.steps import bench_methods
 from benchmarks.table import check_targets, markdown
-from semimed import heap, paths
+from semimed import paths, process
 from semimed.build import load_task
 from semimed.data.taskdata import load_task_data
 from semimed.io import write_bytes_atomic, write_json_atomic
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--overrides", type=Path, help="--preset gpu: a YAML of params overrides")
     p.add_argument("--methods", help="--preset gpu: comma-separated methods (default: issue 17's)")
     args = p.parse_args(argv)
-    heap.keep_freed_memory()  # as every stage process (semimed.cli.main): the steps timed here
+    process.keep_freed_memory()  # as every stage process (semimed.process.start): the steps timed here
     if args.preset == "gpu":
         from benchmarks.gpu import run_gpu_bench
 

@@ -40,13 +40,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.steps import StepRunner
 from benchmarks.syncs import host_syncs
-from semimed import build, paths, runtime
+from semimed import build, paths
 from semimed.build import load_task
 from semimed.config import TASKS
 from semimed.data.loaders import train_batches
 from semimed.data.prefetch import Prefetcher
 from semimed.data.taskdata import load_task_data
 from semimed.io import write_bytes_atomic, write_json_atomic
+from semimed.training import speedups
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "conf" / "preset" / "gpu.yaml"
@@ -157,7 +158,7 @@ def bench_method(cfg, data, name: str, device: torch.device, steps: tuple, peak)
     warm, n = steps
     runner = StepRunner(cfg, data, name, device)
     if cfg.train.compile:
-        runtime.compile_networks(runner.method)
+        speedups.compile_networks(runner.method)
     spec = build.stream_spec(runner.cls)
     raw = train_batches(data, cfg, spec, seed=2, device=device)  # timed alone
     stream = train_batches(data, cfg, spec, seed=1, device=device)

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 
 from semimed import paths
 from semimed.io import write_json_atomic
-from semimed.report import save_figure
+from semimed.report.tables import save_figure
 from semimed.tasks import spec
 
 PARAMS_FILE = "params.yaml"

@@ -1,4 +1,4 @@
-"""Prediction throughput (the ``predict`` section): `semimed.predict.predict` on the ingested
+"""Prediction throughput (the ``predict`` section): `semimed.serving.predict.predict` on the ingested
 TEST files of each task, on the CPU, with a default-sized model folder.
 
 The folder is a trained run's (``models/<task>/<method>/seed<k>``, the first default method
@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from semimed import build, checkpoint, paths
+from semimed import build, paths
 from semimed.io import write_json_atomic
-from semimed.model_folder import CARD, write_model_card
-from semimed.predict import predict
+from semimed.serving.model_folder import CARD, write_model_card
+from semimed.serving.predict import predict
 from semimed.tasks import spec
+from semimed.training import checkpoint
 
 
 def model_folder(cfg, data, work: Path, scratch: Path) -> tuple[Path, str]:

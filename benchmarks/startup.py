@@ -2,7 +2,7 @@
 to its exit, i.e. the interpreter plus the stage's module-level imports, and which heavy
 packages those load. Every DVC stage pays this once per run before any work; with ~28
 stages the sum is minutes of the default pipeline. torch costs ~1.3-1.5 s; MONAI ~0.4 s more
-through `semimed.monai_import` (~2.5 s more with MONAI's own load of every submodule).
+through `semimed.process` (~2.5 s more with MONAI's own load of every submodule).
 The stage's own run may import more lazily; that is work, not start-up.
 
 Each script runs `repeats` times in fresh interpreters; ``seconds`` is the fastest run and

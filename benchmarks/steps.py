@@ -2,7 +2,7 @@
 
 Every registered method of a task trains on ONE fixed batch (the stream's first) of the
 default network and batch size, each step as the training loop takes it: forward under the
-loop's autocast, then `semimed.train.optimizer_step` (backward, clipping, optimizer,
+loop's autocast, then `semimed.training.train.optimizer_step` (backward, clipping, optimizer,
 schedule) and ``on_step_end``. Methods are timed in interleaved rounds, so load from other
 processes spreads over all of them. Times: the fastest wall time of a step with torch's
 default threads, and the median CPU time of a step on ONE thread; the ratios use the latter,
@@ -30,11 +30,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from semimed import build, runtime
+from semimed import build
 from semimed.data.loaders import train_batches
 from semimed.methods import METHODS, Method
 from semimed.networks import output_layer
-from semimed.optimization import make_optimization, optimizer_step
+from semimed.training import speedups
+from semimed.training.optimization import make_optimization, optimizer_step
 
 DEVICE = torch.device("cpu")
 
@@ -122,15 +123,15 @@ def _quiet_stderr():
 
 
 class StepRunner:
-    """One method with the loop's optimization (`semimed.train.make_optimization`) on a fixed
-    batch; ``step()`` is one iteration of `semimed.train.train_run` in one process."""
+    """One method with the loop's optimization (`semimed.training.train.make_optimization`) on a fixed
+    batch; ``step()`` is one iteration of `semimed.training.train.train_run` in one process."""
 
     def __init__(self, cfg, data, name: str, device: torch.device = DEVICE) -> None:
         self.cls = build.method_class(cfg.task, name)
         torch.manual_seed(0)
         self.method = build.method_for_data(cfg, data, self.cls).to(device)
         if cfg.train.channels_last:  # as the loop
-            runtime.to_channels_last(self.method, data.spatial_dims)
+            speedups.to_channels_last(self.method, data.spatial_dims)
         stream = train_batches(data, cfg, build.stream_spec(self.cls), seed=0, device=device)
         self.batch = next(stream)
         self.opt = make_optimization(self.method, cfg.train, device)

@@ -7,7 +7,7 @@ label map per volume in the input's own grid (segmentation), and `predictions.js
 """
 
 from semimed import cli
-from semimed.predict import load_predict_params, predict, stage_output
+from semimed.serving.predict import load_predict_params, predict, stage_output
 
 
 def run() -> None:

@@ -12,8 +12,8 @@ results.md and close the stage's output.
 from semimed import cli, paths
 from semimed.config import TASKS, load_task
 from semimed.io import write_bytes_atomic, write_json_atomic
-from semimed.report_flags import warnings_block
-from semimed.report_task import task_report
+from semimed.report.flags import warnings_block
+from semimed.report.task import task_report
 
 
 def run() -> None:

@@ -1,4 +1,4 @@
-"""Stage train_<task>@<method>-<seed>: one training run through THE loop (semimed.train).
+"""Stage train_<task>@<method>-<seed>: one training run through THE loop (semimed.training.train).
 
 Writes models/<task>/<method>/seed<k>/ (best.pt, train.json, and model.json, which makes the
 folder usable without params.yaml: `semimed predict`, `semimed export`) and the DVCLive folder.
@@ -9,11 +9,12 @@ With `train.devices` > 1 the script starts itself again under torchrun, one proc
 
 import os
 
-from semimed import cli, distributed, paths
+from semimed import cli, paths
 from semimed.build import load_task
 from semimed.data.taskdata import load_task_data
-from semimed.model_folder import write_model_card
-from semimed.train import train_run
+from semimed.serving.model_folder import write_model_card
+from semimed.training import distributed
+from semimed.training.train import train_run
 
 
 def run() -> None:

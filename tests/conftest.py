@@ -85,9 +85,9 @@ def write_params(repo: Path, params: dict) -> None:
 
 
 def die_writing_last_pt(monkeypatch, step: int) -> None:
-    """Make `semimed.checkpoint.save` raise KeyboardInterrupt when it writes the last.pt of
+    """Make `semimed.training.checkpoint.save` raise KeyboardInterrupt when it writes the last.pt of
     `step` (a run killed mid-checkpoint); `monkeypatch.undo()` restores it."""
-    from semimed import checkpoint
+    from semimed.training import checkpoint
 
     save = checkpoint.save
 

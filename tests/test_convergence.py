@@ -14,11 +14,11 @@ import pytest
 import torch
 from test_data_and_train import prepared  # noqa: F401  (module fixture: tiny data stages)
 
-from semimed import convergence, distributed
 from semimed.build import parse_task
 from semimed.config import ConfigError
 from semimed.data.taskdata import load_task_data
-from semimed.train import train_run
+from semimed.training import convergence, distributed
+from semimed.training.train import train_run
 
 
 def test_budget_rule():
@@ -261,7 +261,7 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(
     stops the run with one clear line. ``sync_free``: the same with the fused optimizer the
     loop uses on a GPU (forced on the CPU here), which skips the update on the device and
     counts the skips at the next validation."""
-    from semimed import optimization
+    from semimed.training import optimization
 
     real = distributed.step_function
     poisoned = {2}

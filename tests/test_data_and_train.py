@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from semimed.build import load_best, method_params
-from semimed.checkpoint import fingerprint
 from semimed.config import ConfigError
 from semimed.data.loaders import train_batches, unlabeled_pool
 from semimed.data.preprocess import preprocess
@@ -20,8 +19,9 @@ from semimed.data.splits import make_splits
 from semimed.data.taskdata import load_task_data
 from semimed.io import write_json_atomic
 from semimed.methods import get_method
-from semimed.optimization import lr_factor
-from semimed.train import train_run
+from semimed.training.checkpoint import fingerprint
+from semimed.training.optimization import lr_factor
+from semimed.training.train import train_run
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_multitask_run_scores_every_task(prepared, tmp_path):
 
     from semimed.evaluate import classification_metrics
     from semimed.inference import predict_proba
-    from semimed.report import flat_metrics
+    from semimed.report.tables import flat_metrics
 
     cfg, processed, splits = prepared["classification"]
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, targets=("view", "severity")))
@@ -298,7 +298,7 @@ def test_fingerprint_tracks_params_and_data(tiny, tmp_path):
 def test_rewind_keeps_dvcs_gitignore_in_the_live_folder(tmp_path):
     """DVC writes plots/train/.../.gitignore (for the cached metrics.json) before the stage
     runs; a fresh start or a resume rebuilds the DVCLive folder around it, never deletes it."""
-    from semimed import checkpoint
+    from semimed.training import checkpoint
 
     model_dir, live = tmp_path / "model", tmp_path / "live"
     (live / "plots").mkdir(parents=True)
@@ -315,15 +315,15 @@ def test_rewind_keeps_dvcs_gitignore_in_the_live_folder(tmp_path):
 
 
 def test_loop_gives_kept_memory_back_before_each_validation(prepared, tmp_path, monkeypatch):
-    """`semimed.heap`: the steps keep their freed blocks; each validation starts after
+    """`semimed.process`: the steps keep their freed blocks; each validation starts after
     ``release_free_memory``, so its own allocations do not stack on them."""
-    from semimed import heap
-    from semimed import train as loop
+    from semimed import process
+    from semimed.training import train as loop
 
     cfg, processed, splits = prepared["classification"]
     data = load_task_data(cfg, processed, splits)
     events = []
-    monkeypatch.setattr(heap, "release_free_memory", lambda: events.append("release"))
+    monkeypatch.setattr(process, "release_free_memory", lambda: events.append("release"))
     score = loop.validation_score
 
     def validation(*args, **kwargs):

@@ -27,7 +27,7 @@ from conftest import ROOT, TINY, merge
 
 from semimed.build import parse_task
 from semimed.data.taskdata import load_task_data
-from semimed.train import train_run
+from semimed.training.train import train_run
 
 TASK = "classification"
 # plain SGD without weight decay or dropout: updates are linear in the gradients

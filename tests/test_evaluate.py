@@ -13,7 +13,7 @@ from semimed.evaluate import (
     classification_metrics,
     confusion_records,
 )
-from semimed.report import flat_metrics
+from semimed.report.tables import flat_metrics
 
 NAMES3 = ["A", "B", "C"]
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_model_folder import cls_data, make_model_folder, seg_data, with_network
 
-from semimed.console import main
-from semimed.export import ExportError, example_input, export_model
-from semimed.model_folder import load_model
+from semimed.serving.console import main
+from semimed.serving.export import ExportError, example_input, export_model
+from semimed.serving.model_folder import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 ATOL = 1e-4  # float32 rounding of fused convs and a different kernel library

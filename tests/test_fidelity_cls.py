@@ -16,7 +16,7 @@ from test_methods_tear_simclr import make, make_batch
 from semimed.methods.classification import TEAR, FreeMatch, SimCLR
 from semimed.methods.classification.gather import all_rows
 from semimed.networks import build_network
-from semimed.optimization import lr_factor
+from semimed.training.optimization import lr_factor
 
 # TEAR -----------------------------------------------------------------------------------------
 

@@ -9,11 +9,11 @@ import torch
 from seg_helpers import NUM_CLASSES, make, make_batch, tiny_unet, trainable
 from torch import nn
 
-from semimed.class_weights import hard_dice_per_class
-from semimed.losses import hard_labels, seg_supervised_loss, softmax_mse, weighted_ce
 from semimed.methods import METHODS, mean_teacher
 from semimed.methods.classification import MeanTeacher as ClsMeanTeacher
+from semimed.methods.losses import hard_labels, seg_supervised_loss, softmax_mse, weighted_ce
 from semimed.methods.segmentation import DHC, MeanTeacher
+from semimed.methods.segmentation.class_weights import hard_dice_per_class
 
 LN2 = math.log(2.0)
 

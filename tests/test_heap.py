@@ -1,9 +1,10 @@
-"""`semimed.heap`: stage processes keep freed tensor memory (glibc malloc thresholds) and the
+"""`semimed.process`: stage processes keep freed tensor memory (glibc malloc thresholds) and the
 loop gives it back before validation, which a fresh process shows in glibc's own accounting;
 no effect on another C library."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from semimed import cli, heap
+from semimed import cli, process
 
 ROOT = Path(__file__).resolve().parents[1]
 GLIBC = hasattr(os, "confstr") and "CS_GNU_LIBC_VERSION" in os.confstr_names
@@ -22,9 +23,9 @@ GLIBC = hasattr(os, "confstr") and "CS_GNU_LIBC_VERSION" in os.confstr_names
 # the heap, resident, for the next allocation; released (malloc_trim), its pages go back.
 PROBE = """
 import ctypes, os, sys
-from semimed import heap
+from semimed import process
 if sys.argv[1] in ("keep", "release"):
-    assert heap.keep_freed_memory()
+    assert process.keep_freed_memory()
 import torch
 
 class MallInfo2(ctypes.Structure):
@@ -42,7 +43,7 @@ before = resident()
 x = torch.ones(int(sys.argv[2]) * 256 * 1024)  # argv[2] MiB
 del x
 if sys.argv[1] == "release":
-    heap.release_free_memory()
+    process.release_free_memory()
 print(libc.mallinfo2().fordblks, resident() - before)
 """
 
@@ -72,12 +73,15 @@ def test_no_effect_without_glibc(monkeypatch):
         raise ValueError(name)
 
     monkeypatch.setattr(os, "confstr", no_such_name)
-    assert heap.keep_freed_memory() is False
-    heap.release_free_memory()  # a no-op there
+    assert process.keep_freed_memory() is False
+    process.release_free_memory()  # a no-op there
 
 
 def test_every_stage_runs_with_it(monkeypatch):
+    """Importing `semimed.cli` (every stage script's first import) starts both settings."""
     calls = []
-    monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append("heap"))
+    monkeypatch.setattr(process, "install_light_monai", lambda: calls.append("monai"))
+    monkeypatch.setattr(process, "keep_freed_memory", lambda: calls.append("heap"))
+    importlib.reload(cli)
     cli.main(lambda: calls.append("stage"))
-    assert calls == ["heap", "stage"]
+    assert calls == ["monai", "heap", "stage"]

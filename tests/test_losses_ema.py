@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from semimed.ema import make_teacher, update_ema, warmup_decay
-from semimed.losses import (
+from semimed.methods.ema import make_teacher, update_ema, warmup_decay
+from semimed.methods.losses import (
     masked_cross_entropy,
     seg_supervised_loss,
     sigmoid_rampup,

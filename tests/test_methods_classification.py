@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from seg_helpers import RecordingBatch, loss_drops, trainable
 from torch import nn
 
-from semimed.losses import masked_cross_entropy, softmax_mse
 from semimed.methods import METHODS, get_method
 from semimed.methods.classification import (
     TEAR,
@@ -21,6 +20,7 @@ from semimed.methods.classification import (
     Supervised,
     SupervisedFull,
 )
+from semimed.methods.losses import masked_cross_entropy, softmax_mse
 from semimed.networks import build_network
 
 NUM_CLASSES = 3

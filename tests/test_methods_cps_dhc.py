@@ -4,13 +4,13 @@ import pytest
 import torch
 from seg_helpers import NUM_CLASSES, fits_fixed_batch, make, make_batch, tiny_unet
 
-from semimed.class_weights import (
+from semimed.methods.losses import seg_supervised_loss, weighted_ce, weighted_dice_ce
+from semimed.methods.segmentation import DHC, CrossPseudoSupervision
+from semimed.methods.segmentation.class_weights import (
     difficulty_weights_,
     distribution_weights,
     hard_dice_per_class,
 )
-from semimed.losses import seg_supervised_loss, weighted_ce, weighted_dice_ce
-from semimed.methods.segmentation import DHC, CrossPseudoSupervision
 from semimed.networks.segmentation import PairAverage
 
 
@@ -151,7 +151,7 @@ def test_dist_weights_read_nothing_back_to_the_host():
     """DHC's DistDW weights from a label map without a host sync (on a GPU `if tensor` or
     bincount's output sizing would stall every step): no scalar read, no data-dependent shape."""
     from benchmarks.syncs import HostReads
-    from semimed.class_weights import class_counts
+    from semimed.methods.segmentation.class_weights import class_counts
 
     labels = torch.tensor([[[0, 1, 1], [3, 3, 3]]])
     with HostReads() as mode:

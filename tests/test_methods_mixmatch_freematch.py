@@ -14,7 +14,6 @@ from test_methods_classification import (
     unsup_alone_reaches_weights,
 )
 
-from semimed.losses import masked_cross_entropy, mixup, sharpen
 from semimed.methods.classification.freematch import (
     FreeMatch,
     fairness_loss,
@@ -22,6 +21,7 @@ from semimed.methods.classification.freematch import (
     self_adaptive_mask,
 )
 from semimed.methods.classification.mixmatch import MixMatch
+from semimed.methods.losses import masked_cross_entropy, mixup, sharpen
 
 
 def mixmatch_batch(seed=0):

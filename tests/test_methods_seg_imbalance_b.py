@@ -6,8 +6,12 @@ import pytest
 import torch
 from seg_helpers import NUM_CLASSES, fits_fixed_batch, make, make_batch, tiny_unet, trainable
 
-from semimed.class_weights import class_sampling_mask, label_class_sums, sampling_rates
 from semimed.methods.segmentation.acisis import AcISIS, confidence_indicators, fuzzy_rank_scores
+from semimed.methods.segmentation.class_weights import (
+    class_sampling_mask,
+    label_class_sums,
+    sampling_rates,
+)
 from semimed.methods.segmentation.cld import CLD, cld_weights
 from semimed.methods.segmentation.dst import (
     DST,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from seg_helpers import NUM_CLASSES, fits_fixed_batch, make, make_batch, tiny_unet, trainable
 
-from semimed.losses import softmax_mse
 from semimed.methods import METHODS, get_method
+from semimed.methods.losses import softmax_mse
 from semimed.methods.segmentation import MeanTeacher, Supervised, SupervisedFull
 
 # Registry -------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
-from semimed import build, checkpoint
+from semimed import build
 from semimed.data.taskdata import TaskData
 from semimed.io import write_json_atomic
-from semimed.model_folder import (
+from semimed.serving.model_folder import (
     CARD,
     FORMAT,
     ModelFolderError,
@@ -27,6 +27,7 @@ from semimed.model_folder import (
     sha256_file,
     write_model_card,
 )
+from semimed.training import checkpoint
 
 CLASSES = {"view": ["PLAX", "PSAX", "A4C"], "quality": ["poor", "good"]}
 ORGANS = ["background", "liver", "tumor"]
@@ -217,7 +218,7 @@ def test_card_of_a_real_training_run(tiny, tmp_path):
     from semimed.data.sources import ingest
     from semimed.data.splits import make_splits
     from semimed.data.taskdata import load_task_data
-    from semimed.train import train_run
+    from semimed.training.train import train_run
 
     cfg = tiny("classification")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=2, eval_every=2))
@@ -241,5 +242,5 @@ def test_card_of_a_real_training_run(tiny, tmp_path):
 
 def test_package_and_console_import_light():
     """`import semimed` and the console script's module do not import torch."""
-    code = "import sys, semimed, semimed.console; sys.exit('torch' in sys.modules)"
+    code = "import sys, semimed, semimed.serving.console; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,4 +1,4 @@
-"""The light MONAI import of the processes semimed starts (`semimed.monai_import`): MONAI's
+"""The light MONAI import of the processes semimed starts (`semimed.process`): MONAI's
 eager load of every subpackage is skipped, the extras only unused MONAI features need are
 not imported, the MONAI parts semimed uses work, the extras import normally afterwards, a
 failing light load falls back to MONAI's own load, and every torch stage script gets it."""
@@ -40,8 +40,8 @@ LOADED = (
 
 def test_light_import_skips_eager_load_and_extras_then_works():
     code = (
-        "from semimed import monai_import\n"
-        "monai_import.install()\n"
+        "from semimed import process\n"
+        "process.install_light_monai()\n"
         "import torch\n"
         "from monai.networks.nets import UNet\n"
         "from monai.transforms import Compose, RandCropByLabelClassesd\n"
@@ -71,16 +71,16 @@ def test_light_import_skips_eager_load_and_extras_then_works():
 def test_without_install_or_with_opt_out_monai_loads_everything():
     plain = probe("import monai.transforms\n" + LOADED)
     assert plain["eager"] is True and "torchvision" in plain["extras"]
-    code = "from semimed import monai_import\nmonai_import.install()\nimport monai\n" + LOADED
+    code = "from semimed import process\nprocess.install_light_monai()\nimport monai\n" + LOADED
     opted_out = probe(code, env={"SEMIMED_MONAI_EAGER": "1"})
     assert opted_out["eager"] is True
 
 
 def test_failing_light_load_falls_back_to_monai_eager_load():
     code = (
-        "from semimed import monai_import\n"
-        "monai_import.SUBPACKAGES = ('apps', 'no_such_subpackage')\n"
-        "monai_import.install()\n"
+        "from semimed import process\n"
+        "process.SUBPACKAGES = ('apps', 'no_such_subpackage')\n"
+        "process.install_light_monai()\n"
         "from monai.networks.nets import UNet\n" + LOADED
     )
     state = probe(code)

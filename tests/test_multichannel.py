@@ -26,11 +26,11 @@ from semimed.data.sources import ingest
 from semimed.data.sources.validate import IngestError
 from semimed.data.splits import make_splits
 from semimed.data.taskdata import load_task_data
-from semimed.export import export_model
 from semimed.methods import METHODS
-from semimed.model_folder import load_model
-from semimed.predict import predict
-from semimed.predict_io import PredictError
+from semimed.serving.export import export_model
+from semimed.serving.model_folder import load_model
+from semimed.serving.predict import predict
+from semimed.serving.predict_io import PredictError
 
 MR = {
     "data": {"source": "nifti"},

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from semimed.build import parse_task
 from semimed.config import ConfigError
 from semimed.methods.classification import Supervised
-from semimed.multitask import blockwise_softmax, multitask_cross_entropy, split_logits
 from semimed.networks import build_network
+from semimed.networks.multitask import blockwise_softmax, multitask_cross_entropy, split_logits
 
 
 def net():

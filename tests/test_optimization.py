@@ -15,8 +15,8 @@ from torch import nn
 
 from benchmarks.syncs import HostReads
 from semimed.data.taskdata import load_task_data
-from semimed.ema import update_ema
-from semimed.optimization import Optimization, optimizer_step
+from semimed.methods.ema import update_ema
+from semimed.training.optimization import Optimization, optimizer_step
 
 LOSSES = [1.0, float("nan"), 1.0, float("inf"), 1.0]  # factors of the loss, step by step
 
@@ -108,7 +108,7 @@ def test_sync_free_steps_of_every_method_read_nothing_back(prepared, task, monke
     make the CPU wait for the GPU every step), except `HOST_READS_LEFT`."""
     from benchmarks.steps import StepRunner, registered
     from benchmarks.syncs import host_syncs
-    from semimed import optimization
+    from semimed.training import optimization
 
     def fused(params, t):
         kwargs = {"lr": t.lr, "weight_decay": t.weight_decay, "fused": True}

@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from semimed.paired import (
+from semimed.report.paired import (
     case_scores,
     compare,
     detection,

@@ -20,12 +20,12 @@ import yaml
 from PIL import Image
 from test_model_folder import cls_data, make_model_folder, seg_data, with_network
 
-from semimed.console import main
 from semimed.data.original_space import labels_in_original_space, preprocess_volume
 from semimed.data.preprocess import segmentation_chain
 from semimed.inference import predict_volume, volume_logits
-from semimed.model_folder import LoadedModel, read_card
-from semimed.predict import load_predict_params, predict, stage_output
+from semimed.serving.console import main
+from semimed.serving.model_folder import LoadedModel, read_card
+from semimed.serving.predict import load_predict_params, predict, stage_output
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = (-175.0, 250.0)
@@ -155,7 +155,7 @@ def test_labels_in_original_space_for_evaluation(tmp_path):
 
 def test_sliding_window_matches_evaluation(seg_model, volumes):
     """predict's logits give evaluation's label map (semimed.inference.predict_volume)."""
-    from semimed.model_folder import load_model
+    from semimed.serving.model_folder import load_model
 
     model = load_model(seg_model)
     card = model.card

@@ -26,7 +26,7 @@ from semimed import paths
 from semimed.build import load_for_data, load_task
 from semimed.data.taskdata import load_task_data
 from semimed.evaluate import original, run
-from semimed.predict import predict
+from semimed.serving.predict import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "segmentation"

@@ -15,14 +15,14 @@ import torch
 from conftest import die_writing_last_pt
 from test_data_and_train import prepared  # noqa: F401  (module fixture: tiny data stages)
 
-from semimed import runtime
 from semimed.data import prefetch
 from semimed.data.loaders import train_batches
 from semimed.data.prefetch import Prefetcher
 from semimed.data.taskdata import load_task_data
 from semimed.methods import get_method
-from semimed.optimization import build_optimizer
-from semimed.train import train_run
+from semimed.training import speedups
+from semimed.training.optimization import build_optimizer
+from semimed.training.train import train_run
 
 
 def _stream(prepared, task, batch_size=2):  # noqa: F811
@@ -201,7 +201,7 @@ def test_training_with_prefetch_is_identical_and_resumes_exactly(
 
 
 def test_compiled_networks_keep_names_and_numbers(prepared, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(runtime, "COMPILE_BACKEND", "eager")  # no C++ toolchain needed
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", "eager")  # no C++ toolchain needed
     cfg, processed, splits = prepared["classification"]
     data = load_task_data(cfg, processed, splits)
     files = [processed / "manifest.json", splits]
@@ -262,13 +262,13 @@ def test_channels_last_runs_the_same_model(prepared, tmp_path, monkeypatch, task
         return [p for p in method.parameters() if p.dim() == data.spatial_dims + 2]
 
     seen = []
-    real = runtime.to_channels_last
+    real = speedups.to_channels_last
 
     def spy(method, spatial_dims):
         real(method, spatial_dims)
         seen.append(all(p.is_contiguous(memory_format=fmt) for p in convs(method)))
 
-    monkeypatch.setattr(runtime, "to_channels_last", spy)
+    monkeypatch.setattr(speedups, "to_channels_last", spy)
     c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=True))
     summary = train_run(c, data, "mean_teacher", 0, tmp_path / "m", tmp_path / "l", files)
     assert seen == [True] and summary["last_step"] == cfg.train.steps

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from semimed.report import (
+from semimed.report.tables import (
     comparison_records,
     comparison_table,
     gap_closed,

@@ -7,16 +7,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from semimed import convergence
-from semimed import report_flags as rf
 from semimed.io import write_json_atomic
-from semimed.report import comparison_table, summarize
-from semimed.report_records import (
+from semimed.report import flags as rf
+from semimed.report.records import (
     headline_metrics,
     method_records,
     read_val_curve,
     val_curve_records,
 )
+from semimed.report.tables import comparison_table, summarize
+from semimed.training import convergence
 
 
 def train_info(converged: bool | None) -> dict:

@@ -1,5 +1,5 @@
 """Start-up cost: the data stages that need neither torch nor MONAI do not import them (each
-costs seconds per stage: torch ~1.5 s, MONAI ~0.4 s more with `semimed.monai_import`), and
+costs seconds per stage: torch ~1.5 s, MONAI ~0.4 s more with `semimed.process`), and
 DVC parses YAML with libyaml (a no-op `dvc repro` reads params.yaml once per stage)."""
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def _imports_any(path: Path, prefixes: tuple[str, ...], transitive: bool) -> lis
     return sorted(f for f in _rel(files) if f.startswith(prefixes))
 
 
-LOOP = ("src/semimed/train.py", "src/semimed/optimization.py")
+LOOP = ("src/semimed/training/train.py", "src/semimed/training/optimization.py")
 METHODS_AND_UP = ("src/semimed/methods", "src/semimed/build.py", *LOOP)
 
 
@@ -106,17 +106,16 @@ def test_data_never_imports_methods(path):
 
 NO_LOOP = [
     *sorted((PKG / "evaluate").rglob("*.py")),
-    PKG / "analysis.py",
-    PKG / "report.py",
-    PKG / "report_flags.py",
-    PKG / "report_records.py",
-    PKG / "report_task.py",
+    *sorted((PKG / "report").rglob("*.py")),
+    *sorted(PKG.glob("analysis*.py")),
+    *sorted((PKG / "analysis").rglob("*.py")),
     PKG / "inference.py",
     PKG / "build.py",
     ROOT / "stages" / "evaluate.py",
     ROOT / "stages" / "analyze.py",
     ROOT / "stages" / "report.py",
-    *[p for p in (PKG / "predict.py", PKG / "export.py") if p.exists()],
+    PKG / "serving" / "predict.py",
+    PKG / "serving" / "export.py",
 ]
 
 
@@ -160,7 +159,31 @@ def test_split_stage_imports_methods_only_lazily():
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=str)
 def test_library_modules_are_small(path):
     n = len(path.read_text().splitlines())
-    assert n <= 360, f"{path.relative_to(ROOT)}: {n} lines (split it by job)"
+    assert n <= 300, f"{path.relative_to(ROOT)}: {n} lines (split it by job)"
+
+
+FUNCTION_LINES = 80
+
+
+@pytest.mark.parametrize(
+    "path", [*sorted(PKG.rglob("*.py")), *sorted((ROOT / "stages").glob("*.py"))], ids=str
+)
+def test_functions_fit_on_a_screen(path):
+    tree = ast.parse(path.read_text())
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > FUNCTION_LINES
+    ]
+    assert not long, f"{path.relative_to(ROOT)}: {long} (name its steps)"
+
+
+def test_top_level_holds_packages_and_few_modules():
+    """The package's top level shows the architecture: sub-packages by job, and at most a
+    handful of modules every layer shares (paths, tasks, io, runtime, ...)."""
+    modules = sorted(p.name for p in PKG.glob("*.py") if p.name != "__init__.py")
+    assert len(modules) <= 8, modules
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "stages").glob("*.py")), ids=str)

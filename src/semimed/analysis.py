@@ -7,11 +7,11 @@ Three analyses of the classification task, all on the TEST split and each testab
   last ``nn.Conv2d`` of ``net.backbone``: the same few test images for every method.
 * **Robustness**: balanced accuracy under ``semimed.transforms.perturb`` (noise, blur,
   contrast, dropout) of growing strength, in the spirit of ImageNet-C (Hendrycks & Dietterich,
-  ICLR 2019); mean +- sample std over training seeds, as in ``semimed.report``.
+  ICLR 2019); mean +- sample std over training seeds, as in ``semimed.report.tables``.
 * **Embeddings**: ``net.backbone`` features (N, F) projected to 2D with t-SNE (van der Maaten
   & Hinton, JMLR 2008; scikit-learn) and UMAP (McInnes et al., arXiv:1802.03426; umap-learn).
 
-Figures are bare Agg ``Figure`` objects written atomically, as in ``semimed.report``.
+Figures are bare Agg ``Figure`` objects written atomically, as in ``semimed.report.tables``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from torch.fx.proxy import TraceError
 
 from semimed.config import ClsAnalysis, ConfigError, TaskConfig, load_task, parse_section
 from semimed.inference import predict_proba
-from semimed.report import mean_std, save_figure
+from semimed.report.tables import mean_std, save_figure
 from semimed.transforms import perturb
 
 PROJECTIONS = {"tsne": "t-SNE", "umap": "UMAP"}  # name -> display name

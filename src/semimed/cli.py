@@ -1,9 +1,8 @@
 """What every stage script shares: argument parsing and one-line errors (paths: `paths`).
 
-Importing it marks a stage process: MONAI's first import in it skips MONAI's eager load of
-every subpackage (`semimed.monai_import`; ~2.5 s of start-up). Stage scripts import it before
-any module that imports MONAI (``from semimed import cli, ...`` comes first). `main` keeps
-freed memory in the process (`semimed.heap`) before it runs the stage.
+Importing it makes the process a semimed stage process (`semimed.process.start`: MONAI's
+light import, freed memory kept), so stage scripts import it before any module that imports
+MONAI (``from semimed import cli, ...`` comes first).
 """
 
 from __future__ import annotations
@@ -12,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from semimed import heap, monai_import
+from semimed import process
 from semimed.config import TASKS, ConfigError
 
-monai_import.install()
+process.start()
 
 
 def parser(description: str, run: bool = False, task: bool = True) -> argparse.ArgumentParser:
@@ -31,7 +30,6 @@ def parser(description: str, run: bool = False, task: bool = True) -> argparse.A
 
 def main(fn: Callable[[], None]) -> None:
     """Run a stage; bad params or data end it with one line naming the key or file."""
-    heap.keep_freed_memory()  # CPU steps reuse freed blocks instead of faulting in new pages
     try:
         fn()
     except (ConfigError, FileNotFoundError) as err:

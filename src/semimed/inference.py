@@ -16,8 +16,8 @@ from torch import nn
 
 from semimed.config import TaskConfig
 from semimed.data.taskdata import TaskData
-from semimed.losses import hard_labels
-from semimed.multitask import blockwise_softmax
+from semimed.methods.losses import hard_labels
+from semimed.networks.multitask import blockwise_softmax
 from semimed.tasks import spec
 
 

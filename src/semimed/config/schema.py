@@ -194,7 +194,7 @@ class Train(Checked):
     # crop along each in-plane axis (DHC's flips: 0.5)
     label_crop: Literal["class_balanced", "random"] = "class_balanced"
     crop_flip: Annotated[float, Range(ge=0, le=1, note="a probability")] = 0.0
-    # budget and early stopping (semimed.convergence): stop = the budget protocol (fixed:
+    # budget and early stopping (semimed.training.convergence): stop = the budget protocol (fixed:
     # every run `steps` steps, patience ignored, epochs refused; early: the stop rule);
     # epochs = passes over the largest pool (null: `steps` alone); patience in validations
     # (0: off); min_delta in val-metric units; smooth = validations in the running mean the

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from semimed.ema import make_teacher, update_ema, warmup_decay
+from semimed.methods.ema import make_teacher, update_ema, warmup_decay
 
 
 class Method(nn.Module):
@@ -55,9 +55,9 @@ class Method(nn.Module):
     # the benchmark prices a pass at 1 + this * the output layer's share of a pass's FLOPs.
     intrinsic_side_layers: ClassVar[int] = 0
     # Set by the loop before ``on_step_end`` when it skips non-finite updates on the device
-    # (`semimed.optimization.optimizer_step`'s sync-free path, a GPU): a 0-dim tensor, 1.0 if
+    # (`semimed.training.optimization.optimizer_step`'s sync-free path, a GPU): a 0-dim tensor, 1.0 if
     # this step's update took effect, else 0.0; None = it did (the loop calls ``on_step_end``
-    # only after an applied update). EMA updates pass it to `semimed.ema.update_ema`.
+    # only after an applied update). EMA updates pass it to `semimed.methods.ema.update_ema`.
     update_applied: Tensor | None = None
 
     def __init__(

@@ -27,10 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from semimed.config.checks import Checked, Range
-from semimed.ema import make_teacher, update_ema, warmup_decay
-from semimed.losses import ramped_terms, softmax_mse
 from semimed.methods.base import Method
 from semimed.methods.cost import teacher_pass
+from semimed.methods.ema import make_teacher, update_ema, warmup_decay
+from semimed.methods.losses import ramped_terms, softmax_mse
 
 
 class MeanTeacher(Method):

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from semimed.config.checks import Checked, Range
-from semimed.losses import confident_pseudo_label_loss
 from semimed.methods.base import EvaluatesEMA
 from semimed.methods.cost import joint_pass
+from semimed.methods.losses import confident_pseudo_label_loss
 
 
 class FixMatch(EvaluatesEMA):

@@ -51,9 +51,9 @@ from monai.networks.utils import one_hot
 from torch import Tensor, nn
 
 from semimed.config.checks import Checked, OneOf, Range
-from semimed.losses import masked_cross_entropy
 from semimed.methods.base import EvaluatesEMA
 from semimed.methods.classification.gather import all_rows
+from semimed.methods.losses import masked_cross_entropy
 
 
 def self_adaptive_thresholds(tau: Tensor, p_model: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Batch statistics over every training process, for the methods' running memories.
 
-Under DDP (``semimed.distributed``) each process draws its share of the global batch, and the
+Under DDP (``semimed.training.distributed``) each process draws its share of the global batch, and the
 loop copies rank 0's buffers to every process after each step: a memory updated from the local
 share alone would keep rank 0's share and drop the others'. FreeMatch's thresholds and TEAR's
 alignment history and AdaPL memory are therefore updated from the rows of every process,

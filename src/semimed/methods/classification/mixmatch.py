@@ -40,8 +40,8 @@ from monai.networks.utils import one_hot
 from torch import Tensor
 
 from semimed.config.checks import Checked, Range
-from semimed.losses import linear_rampup, mixup, sharpen
 from semimed.methods.base import EvaluatesEMA
+from semimed.methods.losses import linear_rampup, mixup, sharpen
 
 
 class MixMatch(EvaluatesEMA):

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from semimed.config.checks import Checked, Range
-from semimed.losses import confident_pseudo_label_loss, linear_rampup
 from semimed.methods.base import Method
 from semimed.methods.cost import joint_pass
+from semimed.methods.losses import confident_pseudo_label_loss, linear_rampup
 
 
 class PseudoLabel(Method):

@@ -52,9 +52,9 @@ import torch
 from torch import Tensor, nn
 
 from semimed.config.checks import Checked, Range
-from semimed.losses import nt_xent
 from semimed.methods.base import Method
-from semimed.multitask import multitask_cross_entropy
+from semimed.methods.losses import nt_xent
+from semimed.networks.multitask import multitask_cross_entropy
 
 PRETRAIN, PROBE = 1, 2
 
@@ -140,7 +140,7 @@ class SimCLR(Method):
             self.net.backbone.eval()
             with torch.no_grad():
                 features = self.net.backbone(batch["x_lb"])
-            # one probe per task: the head's row blocks (semimed.multitask)
+            # one probe per task: the head's row blocks (semimed.networks.multitask)
             sup = multitask_cross_entropy(self.net.head(features), batch["y_lb"], self.task_sizes)
             zero = sup.new_zeros(())
             return {"loss": sup, "sup": sup, "contrastive": zero, "phase": zero + PROBE}

@@ -6,7 +6,7 @@
 with the same network and training budget as the SSL methods; that is what these give.
 Optional label smoothing: Szegedy et al., "Rethinking the Inception Architecture" (CVPR 2016).
 Both are multi-task: with several targets, one head per task and the sum of their losses
-(``semimed.multitask``).
+(``semimed.networks.multitask``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 from semimed.config.checks import Checked, Range
 from semimed.methods.base import Method
 from semimed.methods.cost import labeled_pass
-from semimed.multitask import multitask_cross_entropy
+from semimed.networks.multitask import multitask_cross_entropy
 
 
 class Supervised(Method):

@@ -59,16 +59,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semimed.config.checks import Checked, OneOf, Range
-from semimed.ema import make_teacher, update_ema, warmup_decay
-from semimed.losses import (
+from semimed.methods.base import Method
+from semimed.methods.classification.gather import all_rows
+from semimed.methods.ema import make_teacher, update_ema, warmup_decay
+from semimed.methods.losses import (
     confident_pseudo_label_loss,
     group_means,
     kmeans_assign,
     matched_prototype_loss,
     sharpen,
 )
-from semimed.methods.base import Method
-from semimed.methods.classification.gather import all_rows
 
 DISTANCES = ("mse", "kl")
 

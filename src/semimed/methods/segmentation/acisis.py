@@ -28,7 +28,7 @@ Per-step form: DHC averages the indicators over an epoch and updates CC once per
 same time scale. DHC keeps the 12 lowest Gompertz values of its 14 (Synapse) or 16 (AMOS)
 classes and cannot run with 12 or fewer; ``penalised`` (DHC Synapse: 14 - 12 = 2) counts the
 penalised classes instead. DHC's EMA teacher uses ``min(0.99, 1 - 1 / (epoch + 1))`` with the
-epoch index; ours the step index (``semimed.ema.warmup_decay``). A class absent from a step's
+epoch index; ours the step index (``semimed.methods.ema.warmup_decay``). A class absent from a step's
 labeled crops scores 0 on each indicator that step, as in DHC. DHC multiplies the (B, D, H, W)
 probability maps by (B, 1, D, H, W) label masks, which broadcasts to every pair of crops (crop
 j's probabilities at crop i's labels); we pair each crop with its own labels.
@@ -43,10 +43,15 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor, nn
 
-from semimed.class_weights import class_sampling_mask, ema_, label_class_sums, sampling_rates
 from semimed.config.checks import Range
-from semimed.losses import hard_labels, masked_cross_entropy, ramped_terms, with_unsup_ratio
 from semimed.methods.cost import teacher_pass
+from semimed.methods.losses import hard_labels, masked_cross_entropy, ramped_terms, with_unsup_ratio
+from semimed.methods.segmentation.class_weights import (
+    class_sampling_mask,
+    ema_,
+    label_class_sums,
+    sampling_rates,
+)
 from semimed.methods.segmentation.mean_teacher import MeanTeacher
 
 # Fuzzy rank fusion constants (the method's, not tunable): a penalised rank takes the Gompertz

@@ -40,9 +40,13 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
-from semimed.class_weights import class_sampling_mask, label_class_sums, sampling_rates
 from semimed.config.checks import Range
-from semimed.losses import hard_labels, masked_cross_entropy
+from semimed.methods.losses import hard_labels, masked_cross_entropy
+from semimed.methods.segmentation.class_weights import (
+    class_sampling_mask,
+    label_class_sums,
+    sampling_rates,
+)
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 

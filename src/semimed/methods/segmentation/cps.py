@@ -13,7 +13,7 @@ baselines built on CPS) override ``class_weights`` to weight both terms per clas
 ``pseudo_labels`` to change the targets, or ``cps_loss`` to change the whole term (masks).
 Inference averages the two networks' softmax (``PairAverage``). Defaults follow DHC's CPS:
 weight 1, no ramp-up, and DHC's supervised Dice (``dice="dhc"``: one Dice per class over the
-batch, background left out, smooth 1; ``semimed.losses.seg_dice_loss``), which DHC's code
+batch, background left out, smooth 1; ``semimed.methods.losses.seg_dice_loss``), which DHC's code
 trains every method of this family with.
 """
 
@@ -27,7 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from semimed.config.checks import Checked, OneOf, Range
-from semimed.losses import (
+from semimed.methods.base import Method
+from semimed.methods.cost import PAIR_WHY, pair_pass
+from semimed.methods.losses import (
     DICE_FORMS,
     hard_labels,
     ramped_terms,
@@ -35,8 +37,6 @@ from semimed.losses import (
     weighted_dice_ce,
     with_unsup_ratio,
 )
-from semimed.methods.base import Method
-from semimed.methods.cost import PAIR_WHY, pair_pass
 from semimed.networks.segmentation import PairAverage
 
 

@@ -27,9 +27,9 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
-from semimed.class_weights import ema_prediction_weights_
 from semimed.config.checks import Range
-from semimed.losses import hard_labels
+from semimed.methods.losses import hard_labels
+from semimed.methods.segmentation.class_weights import ema_prediction_weights_
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 

@@ -30,9 +30,9 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
-from semimed.class_weights import ema_
 from semimed.config.checks import Range
-from semimed.losses import masked_cross_entropy
+from semimed.methods.losses import masked_cross_entropy
+from semimed.methods.segmentation.class_weights import ema_
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 

@@ -7,7 +7,7 @@ supervised Dice + CE and its cross pseudo-supervision CE ("w_ce+dice" and "wce" 
 
 * network a, DiffDW (difficulty-aware): per-class Dice of a's labeled prediction each step;
   classes that stall or unlearn and stay poor get larger weights
-  (``semimed.class_weights.difficulty_weights_``, EMA over ``diff_window`` steps).
+  (``semimed.methods.segmentation.class_weights.difficulty_weights_``, EMA over ``diff_window`` steps).
 * network b, DistDW (distribution-aware): ``distribution_weights`` of the voxel counts of b's
   hard predictions on the unlabeled crops, EMA'd with ``dist_momentum``; initialised from the
   labeled volumes' class counts (``class_counts``), uniform when those are unknown.
@@ -24,15 +24,15 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
-from semimed.class_weights import (
+from semimed.config.checks import Range
+from semimed.methods.losses import hard_labels
+from semimed.methods.segmentation.class_weights import (
     class_counts,
     difficulty_weights_,
     distribution_weights,
     ema_,
     hard_dice_per_class,
 )
-from semimed.config.checks import Range
-from semimed.losses import hard_labels
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 
 

@@ -44,13 +44,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semimed.config.checks import Range
-from semimed.losses import (
+from semimed.methods.cost import PAIR_WHY
+from semimed.methods.losses import (
     hard_labels,
     masked_cross_entropy,
     ramped_terms,
     with_unsup_ratio,
 )
-from semimed.methods.cost import PAIR_WHY
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 from semimed.networks.segmentation import output_layer
 

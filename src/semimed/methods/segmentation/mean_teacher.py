@@ -27,8 +27,8 @@ from typing import Annotated
 from torch import Tensor
 
 from semimed.config.checks import OneOf
-from semimed.losses import DICE_FORMS, seg_supervised_loss, softmax_mse, with_unsup_ratio
 from semimed.methods import mean_teacher
+from semimed.methods.losses import DICE_FORMS, seg_supervised_loss, softmax_mse, with_unsup_ratio
 
 
 class MeanTeacher(mean_teacher.MeanTeacher):

@@ -53,8 +53,14 @@ from monai.losses import DiceLoss
 from torch import Tensor, nn
 
 from semimed.config.checks import Checked, OneOf, Range
-from semimed.losses import DICE_FORMS, hard_labels, ramped_terms, weighted_dice_ce, with_unsup_ratio
 from semimed.methods.base import Method
+from semimed.methods.losses import (
+    DICE_FORMS,
+    hard_labels,
+    ramped_terms,
+    weighted_dice_ce,
+    with_unsup_ratio,
+)
 
 # Soft Dice between two probability maps, background included, pooled over the batch (DHC).
 _SOFT_DICE = DiceLoss(include_background=True, batch=True, smooth_nr=1e-8, smooth_dr=1e-8)

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from semimed.config.checks import Range
-from semimed.losses import ramped_terms, sigmoid_rampup, with_unsup_ratio
+from semimed.methods.losses import ramped_terms, sigmoid_rampup, with_unsup_ratio
 from semimed.methods.segmentation.mean_teacher import MeanTeacher
 
 

@@ -40,8 +40,8 @@ import torch
 from torch import Tensor
 
 from semimed.config.checks import Checked, OneOf, Range
-from semimed.losses import DICE_FORMS, ramped_terms, seg_supervised_loss, with_unsup_ratio
 from semimed.methods.base import Method
+from semimed.methods.losses import DICE_FORMS, ramped_terms, seg_supervised_loss, with_unsup_ratio
 
 
 def pyramid_uncertainty(log_probs: Tensor, probs: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from semimed import heap, monai_import
+from semimed import process
 from semimed.config import TASKS, ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from semimed.predict import predict
+    from semimed.serving.predict import predict
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1; got {args.batch_size}")
@@ -79,7 +79,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from semimed.export import export_model
+    from semimed.serving.export import export_model
 
     info = export_model(args.model, args.out, tuple(args.format))
     diffs = ", ".join(
@@ -104,8 +104,7 @@ def guarded(fn: Callable[[], None]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``semimed`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    monai_import.install()  # a command-line process: MONAI without its eager load
-    heap.keep_freed_memory()  # as the stages (semimed.heap)
+    process.start()  # a command-line process, as the stages: MONAI's light import
     handler = _predict if args.command == "predict" else _export
     return guarded(lambda: handler(args))
 

@@ -12,12 +12,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from semimed import convergence, paths
-from semimed import report_flags as rf
+from semimed import paths
 from semimed.config import TaskConfig
 from semimed.io import write_json_atomic
-from semimed.paired import task_section
-from semimed.report import (
+from semimed.report import flags as rf
+from semimed.report.paired import task_section
+from semimed.report.records import (
+    headline_metrics,
+    method_records,
+    read_val_curve,
+    val_curve_records,
+)
+from semimed.report.tables import (
     comparison_table,
     flat_metrics,
     gap_closed,
@@ -26,13 +32,8 @@ from semimed.report import (
     plot_training_curves,
     summarize,
 )
-from semimed.report_records import (
-    headline_metrics,
-    method_records,
-    read_val_curve,
-    val_curve_records,
-)
 from semimed.tasks import spec
+from semimed.training import convergence
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What updates a method's weights: optimizer, learning-rate schedule, mixed precision and
 the update step (`optimizer_step`: backward, clipping, skipping non-finite updates, DDP buffer
-sync). THE loop (`semimed.train`) and the benchmark's step runner share these functions."""
+sync). THE loop (`semimed.training.train`) and the benchmark's step runner share these functions."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from semimed import distributed
 from semimed.runtime import autocast_for
+from semimed.training import distributed
 
 
 def build_optimizer(params, t) -> torch.optim.Optimizer:

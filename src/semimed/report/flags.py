@@ -5,7 +5,7 @@ comparison can separate methods at all. Two checks, written as words a reader ca
 (stage output, ``plots/report/results.md``, ``metrics/summary.json``):
 
 * **under-trained**: a run whose ``train.json`` says ``converged: false`` (the training loop
-  applies the rule of `semimed.convergence` and writes it; it is not recomputed here) was
+  applies the rule of `semimed.training.convergence` and writes it; it is not recomputed here) was
   still improving at its last evaluation, so its test score understates the method;
 * **upper bound not above baseline**: ``supervised_full`` (every label) must beat
   ``supervised`` (the labeled subset) by more than the larger seed std of the two (at least
@@ -15,7 +15,7 @@ comparison can separate methods at all. Two checks, written as words a reader ca
   at under `MIN_BUDGET_SHARE` of the steps of the ``supervised`` runs was compared at a
   smaller budget than the baseline (early stopping ended it sooner).
 
-The report also states each task's budget protocol (`semimed.convergence.protocol`).
+The report also states each task's budget protocol (`semimed.training.convergence.protocol`).
 
 Runs trained before ``train.json`` carried a ``convergence`` block are *unknown*: neither
 converged nor flagged under-trained, and said so. No torch here: the report stage imports it.
@@ -66,7 +66,7 @@ def training_record(train_info: Mapping) -> dict[str, int | float | bool]:
     """The convergence facts of one run's ``train.json`` as a flat dict of numbers and bools:
     ``max_steps``, ``budget_steps``, ``best_step``, ``last_step``, ``evaluations``,
     ``stopped_early``, ``converged``, ``last_quarter_gain``, ``trend_per_1k_steps``,
-    ``skipped_steps`` (see `semimed.convergence`).
+    ``skipped_steps`` (see `semimed.training.convergence`).
 
     A key that is missing (an older train.json) or of the wrong type is left out; without
     ``converged`` the run's convergence is unknown (see `status`)."""
@@ -252,7 +252,7 @@ def annotate(
     ``converged_runs`` (counts), ``steps_vs_supervised`` (its mean last step over
     supervised's; methods other than supervised) and ``budget`` (``"equal"``, or ``"unequal:
     N % of supervised's steps"``), the task's ``flags`` (list of strings) and, given, its
-    ``budget`` protocol (`semimed.convergence.protocol`)."""
+    ``budget`` protocol (`semimed.training.convergence.protocol`)."""
     out: dict = {}
     shares = budget_shares(training)
     for method, stats in summary_task.items():

@@ -1,7 +1,7 @@
 """Several processes for one run (`train.devices` > 1): torchrun launch, process group, DDP.
 
 stages/train.py starts `torchrun` itself (`relaunch`), and every process runs
-`semimed.train.train_run`. `DistributedDataParallel` averages the gradients; each process
+`semimed.training.train.train_run`. `DistributedDataParallel` averages the gradients; each process
 trains on its share of the global batch (`train.batch_size`); buffers (BatchNorm statistics,
 methods' running state) are rank 0's after every step (`sync_buffers`), so EMA teachers and
 method state stay identical everywhere. Rank 0 alone validates and writes files.

@@ -12,7 +12,7 @@ import torch
 from monai.networks.utils import one_hot
 from torch import Tensor
 
-from semimed.losses import hard_labels
+from semimed.methods.losses import hard_labels
 
 
 def class_counts(labels: Tensor, num_classes: int) -> Tensor:

@@ -3,8 +3,8 @@
 Methods only compute losses (`Method.training_step`); this loop owns everything else:
 optimizer and learning-rate schedule, mixed precision, gradient clipping (`optimizer_step`,
 which the benchmark calls too), EMA/teacher updates (via `on_step_end`), validation-based
-model selection, resumable checkpoints (`semimed.checkpoint`) and DVCLive logging. Device and
-random states come from `semimed.runtime`, several processes from `semimed.distributed`, the
+model selection, resumable checkpoints (`semimed.training.checkpoint`) and DVCLive logging. Device and
+random states come from `semimed.runtime`, several processes from `semimed.training.distributed`, the
 method from `semimed.build`.
 
 Files written for one (task, method, seed) run:
@@ -16,7 +16,7 @@ Files written for one (task, method, seed) run:
 * ``<model_dir>/train.json`` what happened (budget, best step, convergence diagnostics, time)
 * ``<live_dir>/``          DVCLive metrics and plots (every loss term, lr, the val metric)
 
-Budget and early stopping: `semimed.convergence`. A step whose loss or gradients are not
+Budget and early stopping: `semimed.training.convergence`. A step whose loss or gradients are not
 finite is skipped (counted, logged) and `train.max_nonfinite` of them in a row stop the run.
 
 Resuming: DVC removes a stage's outputs before running it, the checkpoint survives in the
@@ -40,15 +40,16 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from semimed import build, checkpoint, convergence, distributed, heap, runtime
+from semimed import build, process
 from semimed.config import TaskConfig
 from semimed.data.loaders import TaskData, train_batches
 from semimed.data.prefetch import Prefetcher
 from semimed.inference import validation_score
 from semimed.io import write_json_atomic
-from semimed.optimization import make_optimization, optimizer_step
 from semimed.runtime import rng_state, seed_everything, set_rng_state
 from semimed.tasks import spec
+from semimed.training import checkpoint, convergence, distributed, speedups
+from semimed.training.optimization import make_optimization, optimizer_step
 
 
 def train_run(
@@ -91,9 +92,9 @@ def train_run(
         if cfg.train.prefetch:
             batches = Prefetcher(batches, cfg.train.prefetch)
         if cfg.train.channels_last:
-            runtime.to_channels_last(method, data.spatial_dims)
+            speedups.to_channels_last(method, data.spatial_dims)
         if cfg.train.compile:
-            runtime.compile_networks(method)
+            speedups.compile_networks(method)
         steps = convergence.budget(cfg.train.steps, cfg.train.epochs, _pools(batches))
         t = replace(cfg.train, steps=steps)
         opt = make_optimization(method, t, device)  # the schedule spans the budget
@@ -179,7 +180,7 @@ def train_run(
                     means = distributed.mean_over_processes(sums, world)
                     sums = {}
                     if lead:
-                        heap.release_free_memory()  # the steps' kept blocks: not on top of it
+                        process.release_free_memory()  # the steps' kept blocks: not on top of it
                         score = validation_score(method.inference_model(), data, cfg, device)
                         live.step = done
                         n = t.eval_every if done % t.eval_every == 0 else done % t.eval_every
@@ -307,7 +308,7 @@ def _device(device: torch.device, world: int) -> str:
 
 
 def _summary(cfg, t, best: dict, tracker, seconds: float, fp: str) -> dict:
-    """train.json: what happened in one run (see `semimed.convergence` for the diagnostics);
+    """train.json: what happened in one run (see `semimed.training.convergence` for the diagnostics);
     `method`, `seed` and `device` are filled in by `train_run`'s ``summary``."""
     metric = spec(cfg.task).headline
     done = tracker.history[-1][0] if tracker.history else 0

@@ -25,8 +25,9 @@ from semimed.data.original_space import (
 )
 from semimed.data.preprocess import classification_chain
 from semimed.inference import predict_proba, volume_logits
-from semimed.model_folder import CARD, LoadedModel, load_model
-from semimed.predict_io import (
+from semimed.runtime import autocast_for, select_device
+from semimed.serving.model_folder import CARD, LoadedModel, load_model
+from semimed.serving.predict_io import (
     IMAGE_SUFFIXES,
     NIFTI_SUFFIXES,
     PredictError,
@@ -39,7 +40,6 @@ from semimed.predict_io import (
     write_manifest,
     write_nifti,
 )
-from semimed.runtime import autocast_for, select_device
 from semimed.tasks import spec
 
 __all__ = ["PredictError", "predict"]

@@ -1,6 +1,6 @@
 """A model folder's inference network as TorchScript and ONNX (`semimed export`).
 
-The exported graph is the network alone, as `semimed.model_folder.load_model` returns it:
+The exported graph is the network alone, as `semimed.serving.model_folder.load_model` returns it:
 the method's ``inference_model()`` (EMA teacher, averaged pair), LWN branches fused, eval
 mode. Input ``image`` (B, C, H, W) for classification or (B, C, X, Y, Z) patches of the
 card's ``inference.patch_size`` for segmentation (C: the card's ``in_channels``); output
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from semimed.io import write_json_atomic
-from semimed.model_folder import CARD, LoadedModel, load_model
-from semimed.predict_io import PredictError, check_output, output_folder
+from semimed.serving.model_folder import CARD, LoadedModel, load_model
+from semimed.serving.predict_io import PredictError, check_output, output_folder
 
 FORMATS = ("torchscript", "onnx")
 FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
