@@ -84,7 +84,7 @@ def test_mean_teacher_student_sees_strong_teacher_sees_weak():
     # The consistency compares the student's STRONG output with the teacher's weak output.
     expected = softmax_mse(student_out[2:], teacher_out, sum_classes=True)
     torch.testing.assert_close(out["unsup"], expected)
-    assert set(out) == {"loss", "sup", "unsup", "weight", "unsup_ratio"}
+    assert set(out) == {"loss", "sup", "unsup", "weight"}
 
 
 def test_mean_teacher_unsup_term_alone_reaches_student_weights():

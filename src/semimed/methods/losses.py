@@ -215,17 +215,20 @@ def weighted_ce(
     return total / w[target].sum().clamp_min(eps)
 
 
-def with_unsup_ratio(terms: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``terms`` (a ``ramped_terms`` result) plus ``"unsup_ratio"`` = ``weight * unsup / sup``
-    (detached): the share the unsupervised part adds to the loss, logged so that a method whose
-    unsupervised term is too small to matter shows it."""
-    part = terms["weight"] * terms["unsup"].detach()
-    terms["unsup_ratio"] = part / terms["sup"].detach().clamp_min(1e-12)
+def add_unsup_ratio(terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``terms`` plus ``"unsup_ratio"`` = ``(loss - sup) / sup`` (detached): what every term on
+    top of the supervised one adds to the loss, relative to it (``weight * unsup / sup`` for a
+    ``ramped_terms`` result). The loop logs it for every method that reports ``sup`` and
+    ``unsup``, so a method whose unsupervised part is too small to matter shows it."""
+    if "unsup" in terms and "sup" in terms:
+        sup = terms["sup"].detach()
+        terms["unsup_ratio"] = (terms["loss"].detach() - sup) / sup.clamp_min(1e-12)
     return terms
 
 
 __all__ = [
     "DICE_FORMS",
+    "add_unsup_ratio",
     "confident_pseudo_label_loss",
     "group_means",
     "hard_labels",
@@ -243,7 +246,6 @@ __all__ = [
     "sharpen",
     "sigmoid_rampup",
     "softmax_mse",
-    "with_unsup_ratio",
 ]
 
 

@@ -46,6 +46,7 @@ from semimed.data.loaders import TaskData, train_batches
 from semimed.data.prefetch import Prefetcher
 from semimed.inference import validation_score
 from semimed.io import write_json_atomic
+from semimed.methods.losses import add_unsup_ratio
 from semimed.runtime import rng_state, seed_everything, set_rng_state
 from semimed.tasks import spec
 from semimed.training import checkpoint, convergence, distributed, speedups
@@ -160,7 +161,7 @@ def train_run(
                 if on_device or stepped:
                     method.update_applied = stepped if on_device else None
                     method.on_step_end(step)
-                    _unsup_ratio(terms)
+                    add_unsup_ratio(terms)
                     for k, v in terms.items():  # stays on the device: no sync every step
                         v = v.detach().float()
                         if on_device:  # a skipped step adds 0, as on the host path
@@ -236,14 +237,6 @@ def train_run(
                 print(f"{run}: stopped early at step {done} (train.patience)")
         distributed.barrier(world)
         return result
-
-
-def _unsup_ratio(terms: dict) -> None:
-    """Log how much the unsupervised part weighs: methods that do not report it themselves
-    get ``unsup_ratio`` = (loss - sup) / sup (every term on top of the supervised one)."""
-    if "unsup" in terms and "sup" in terms and "unsup_ratio" not in terms:
-        sup = terms["sup"].detach()
-        terms["unsup_ratio"] = (terms["loss"].detach() - sup) / sup.clamp_min(1e-12)
 
 
 def _pools(batches) -> list[tuple[int, int]]:

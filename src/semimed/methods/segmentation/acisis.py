@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from semimed.config.checks import Range
 from semimed.methods.cost import teacher_pass
-from semimed.methods.losses import hard_labels, masked_cross_entropy, ramped_terms, with_unsup_ratio
+from semimed.methods.losses import hard_labels, masked_cross_entropy, ramped_terms
 from semimed.methods.segmentation.class_weights import (
     class_sampling_mask,
     ema_,
@@ -145,10 +145,8 @@ class AcISIS(MeanTeacher):
             mask = mask * confidence.pow(self.params.stabilise_power)
         sup = self.supervised_loss(logits_lb, y_lb)
         unsup = masked_cross_entropy(logits_ulb.float(), target, mask)
-        return with_unsup_ratio(
-            ramped_terms(
-                sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
-            )
+        return ramped_terms(
+            sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
         )
 
     def inference_model(self) -> nn.Module:

@@ -35,7 +35,6 @@ from semimed.methods.losses import (
     ramped_terms,
     weighted_ce,
     weighted_dice_ce,
-    with_unsup_ratio,
 )
 from semimed.networks.segmentation import PairAverage
 
@@ -96,10 +95,8 @@ class CrossPseudoSupervision(Method):
             logits_b[:n], y_lb, w_b
         )
         unsup = self.cps_loss(logits_a, logits_b, w_a, w_b, n)
-        return with_unsup_ratio(
-            ramped_terms(
-                sup, unsup, self.params.cps_weight, step, self.params.rampup * self.total_steps
-            )
+        return ramped_terms(
+            sup, unsup, self.params.cps_weight, step, self.params.rampup * self.total_steps
         )
 
     def supervised_loss(self, logits: Tensor, labels: Tensor, weights: Tensor | None) -> Tensor:

@@ -49,7 +49,6 @@ from semimed.methods.losses import (
     hard_labels,
     masked_cross_entropy,
     ramped_terms,
-    with_unsup_ratio,
 )
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
 from semimed.networks.segmentation import output_layer
@@ -175,14 +174,12 @@ class DST(CrossPseudoSupervision):
             logits_b, worst_b, n, p.eta
         )
         unsup = pseudo + worst
-        return with_unsup_ratio(
-            ramped_terms(
-                sup,
-                unsup,
-                p.cps_weight,
-                step,
-                p.rampup * self.total_steps,
-                pseudo=pseudo,
-                worst=worst,
-            )
+        return ramped_terms(
+            sup,
+            unsup,
+            p.cps_weight,
+            step,
+            p.rampup * self.total_steps,
+            pseudo=pseudo,
+            worst=worst,
         )

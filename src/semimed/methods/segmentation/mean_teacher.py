@@ -28,7 +28,7 @@ from torch import Tensor
 
 from semimed.config.checks import OneOf
 from semimed.methods import mean_teacher
-from semimed.methods.losses import DICE_FORMS, seg_supervised_loss, softmax_mse, with_unsup_ratio
+from semimed.methods.losses import DICE_FORMS, seg_supervised_loss, softmax_mse
 
 
 class MeanTeacher(mean_teacher.MeanTeacher):
@@ -43,6 +43,3 @@ class MeanTeacher(mean_teacher.MeanTeacher):
 
     def consistency_loss(self, logits_student: Tensor, logits_teacher: Tensor) -> Tensor:
         return softmax_mse(logits_student, logits_teacher, sum_classes=True)
-
-    def training_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        return with_unsup_ratio(super().training_step(batch, step))

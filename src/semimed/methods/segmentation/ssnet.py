@@ -59,7 +59,6 @@ from semimed.methods.losses import (
     hard_labels,
     ramped_terms,
     weighted_dice_ce,
-    with_unsup_ratio,
 )
 
 # Soft Dice between two probability maps, background included, pooled over the batch (DHC).
@@ -229,14 +228,12 @@ class SSNet(Method):
         lds = self.smoothness_loss(x, logits.detach().float().softmax(1))
         separation = self.separation_loss(logits, y_lb, n)
         unsup = lds + p.contrast_weight * separation
-        return with_unsup_ratio(
-            ramped_terms(
-                sup,
-                unsup,
-                p.consistency,
-                step,
-                p.rampup * self.total_steps,
-                lds=lds,
-                separation=separation,
-            )
+        return ramped_terms(
+            sup,
+            unsup,
+            p.consistency,
+            step,
+            p.rampup * self.total_steps,
+            lds=lds,
+            separation=separation,
         )

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from semimed.config.checks import Range
-from semimed.methods.losses import ramped_terms, sigmoid_rampup, with_unsup_ratio
+from semimed.methods.losses import ramped_terms, sigmoid_rampup
 from semimed.methods.segmentation.mean_teacher import MeanTeacher
 
 
@@ -135,4 +135,4 @@ class UAMT(MeanTeacher):
             self.params.rampup * self.total_steps,
             mask_ratio=mask.mean(),
         )
-        return with_unsup_ratio(terms)
+        return terms

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from semimed.config.checks import Checked, OneOf, Range
 from semimed.methods.base import Method
-from semimed.methods.losses import DICE_FORMS, ramped_terms, seg_supervised_loss, with_unsup_ratio
+from semimed.methods.losses import DICE_FORMS, ramped_terms, seg_supervised_loss
 
 
 def pyramid_uncertainty(log_probs: Tensor, probs: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -149,8 +149,6 @@ class URPC(Method):
             sup = sum(seg_supervised_loss(out_lb[:, s], y_lb, dice=dice) for s in range(scales))
             sup = sup / scales
         unsup = rectified_pyramid_consistency(out_ulb)
-        return with_unsup_ratio(
-            ramped_terms(
-                sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
-            )
+        return ramped_terms(
+            sup, unsup, self.params.consistency, step, self.params.rampup * self.total_steps
         )
