@@ -8,12 +8,12 @@ the pipeline's time and memory. Writes ``metrics/bench.json`` and ``metrics/benc
   training stream and sliding-window inference.
 * pipeline (`benchmarks.pipeline`): DVC's own cost and the stages' wall time and peak memory
   in a scratch copy of the repository; the default ``dvc repro`` time estimated from them, or
-  measured from scratch with ``--pipeline`` (~5 min on 2 cores).
+  measured from scratch with ``--pipeline``.
 * startup (`benchmarks.startup`): each stage script's start-up (interpreter + imports).
 * predict (`benchmarks.predict_speed`): `semimed predict` images/s and volumes/s on the CPU.
 * ``--preset gpu`` (`benchmarks.gpu`): per method at the GPU preset's sizes, ms/step, FLOPs,
   share of the device's bf16 peak and the data stream's share -> ``bench_gpu.json/.md``.
-* targets and tables: `benchmarks.table`.
+* targets, tables and the sizes line of each task: `benchmarks.table`.
 
 Run from the repository root:
 
@@ -34,18 +34,18 @@ from pathlib import Path
 import torch
 
 from benchmarks.data_stream import bench_data, timed
+from benchmarks.gpu import run_gpu_bench
 from benchmarks.pipeline import bench_dvc, bench_stages, copy_repo, estimate_pipeline, isolated_env
 from benchmarks.predict_speed import bench_predict
 from benchmarks.startup import bench_startup
 from benchmarks.steps import bench_methods
-from benchmarks.table import check_targets, markdown
+from benchmarks.table import batch_line, check_targets, markdown
 from semimed import paths, process
 from semimed.build import load_task
+from semimed.config import TASKS
 from semimed.data.taskdata import load_task_data
 from semimed.io import write_bytes_atomic, write_json_atomic
-from semimed.tasks import TASK_SPECS
 
-TASKS = tuple(TASK_SPECS)
 # Work per run: (rounds, steps per round, warm-up steps) per method on one thread (CPU time,
 # the ratios) and on the default threads (wall time); items cached (classification,
 # segmentation), stream batches, sliding-window volumes, repeats of each DVC command, runs of
@@ -81,17 +81,10 @@ def machine() -> dict:
     }
 
 
-def _batch_line(cfg) -> str:
-    t, n = cfg.train, cfg.network
-    shape = "x".join(map(str, t.patch_size or (cfg.preprocess.image_size,) * 2))
-    unlabeled = t.batch_size * t.unlabeled_ratio
-    return f"{n.name} {list(n.channels)}, {shape}, {t.batch_size} labeled + {unlabeled} unlabeled"
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--quick", action="store_true", help="a few steps and items (tests)")
-    p.add_argument("--pipeline", action="store_true", help="also time a full dvc repro (~5 min)")
+    p.add_argument("--pipeline", action="store_true", help="also time a full dvc repro")
     workdir = "a folder with params.yaml (data/ made if missing) to use instead of a copy of "
     p.add_argument("--workdir", type=Path, help=workdir + "the repository; no DVC timings")
     p.add_argument("--sections", default=SECTIONS, help="comma-separated subset")
@@ -99,12 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="gpu: benchmarks.gpu")
     p.add_argument("--device", default="auto", help="--preset gpu: cpu, cuda or auto")
     p.add_argument("--overrides", type=Path, help="--preset gpu: a YAML of params overrides")
-    p.add_argument("--methods", help="--preset gpu: comma-separated methods (default: issue 17's)")
+    p.add_argument("--methods", help="--preset gpu: comma-separated methods (default: gpu.METHODS)")
     args = p.parse_args(argv)
     process.keep_freed_memory()  # as every stage process (semimed.process.start): the steps timed here
     if args.preset == "gpu":
-        from benchmarks.gpu import run_gpu_bench
-
         methods = args.methods and {t: tuple(args.methods.split(",")) for t in TASKS}
         out = args.out if args.out.is_absolute() else Path.cwd() / args.out
         return run_gpu_bench(args.device, args.overrides, args.quick, args.workdir, out, methods)
@@ -127,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "pipeline" in sections and "full_repro" not in pipe.get("dvc", {}):
             pipe["estimate"] = estimate_pipeline(work, cfgs, pipe["stages"], pipe.get("dvc", {}))
         res["pipeline"] = pipe
-        res["settings"]["batches"] = {t: _batch_line(c) for t, c in cfgs.items()}
+        res["settings"]["batches"] = {t: batch_line(c) for t, c in cfgs.items()}
         data = {
             t: load_task_data(c, work / paths.processed(t), work / paths.splits(t))
             for t, c in cfgs.items()

@@ -4,7 +4,7 @@ batch, its FLOPs, the share of the device's bf16 peak and the data stream's shar
 
 Sizes: params.yaml with ``conf/preset/gpu.yaml`` merged over it (Hydra's ``# @package
 _global_`` file: keys of params.yaml; dotted keys such as ``segmentation.train.batch_size``
-work too), or `FALLBACK_PRESET` while that file is missing, then ``--overrides FILE.yaml``.
+work too), then ``--overrides FILE.yaml``.
 The data stages run at those sizes in a scratch folder (or ``--workdir``, kept for reruns).
 Each step is the training loop's (`benchmarks.steps.StepRunner`: forward under the loop's
 autocast, bf16 on CUDA, then `optimizer_step`); CUDA work is synchronised only around timed
@@ -38,8 +38,9 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.steps import StepRunner
+from benchmarks.steps import StepRunner, registered
 from benchmarks.syncs import host_syncs
+from benchmarks.table import batch_line
 from semimed import build, paths
 from semimed.build import load_task
 from semimed.config import TASKS
@@ -53,20 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "conf" / "preset" / "gpu.yaml"
 # Dense bf16 tensor-core peak, FLOP/s, by a substring of torch.cuda.get_device_name().
 PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
-# Issue 17's GPU sizes, used while conf/preset/gpu.yaml does not exist.
-FALLBACK_PRESET = {
-    "classification": {
-        "preprocess": {"image_size": 96},
-        "network": {"name": "resnet18"},
-        "train": {"batch_size": 64, "unlabeled_ratio": 7},
-    },
-    "segmentation": {
-        "preprocess": {"spacing": [1.25, 1.25, 1.5]},
-        "network": {"name": "unet", "channels": [32, 64, 128, 256]},
-        "train": {"batch_size": 2, "unlabeled_ratio": 1, "patch_size": [96, 96, 96]},
-    },
-}
-# The methods of issue 17's table (those registered); --methods overrides.
+# The methods benchmarked by default (those registered); --methods overrides.
 METHODS = {
     "classification": ("supervised", "fixmatch", "freematch"),
     "segmentation": ("supervised", "mean_teacher", "cps", "dhc", "urpc"),
@@ -98,7 +86,7 @@ def merge(base: dict, over: dict) -> dict:
 def gpu_params(base: dict, overrides: Path | None = None, preset: Path = PRESET) -> dict:
     """params.yaml's dict with the GPU preset and then `overrides` merged over its task
     sections (Hydra's ``defaults`` and ``preset`` keys are not params)."""
-    layers = [yaml.safe_load(preset.read_text()) if preset.is_file() else FALLBACK_PRESET]
+    layers = [yaml.safe_load(preset.read_text())]
     if overrides is not None:
         layers.append(yaml.safe_load(Path(overrides).read_text()) or {})
     out = {k: v for k, v in copy.deepcopy(base).items() if k in TASKS}
@@ -208,9 +196,6 @@ def run_gpu_bench(
     methods: dict | None = None,
 ) -> dict:
     """The GPU bench mode (see the module docstring); returns what bench_gpu.json holds."""
-    from benchmarks.bench import _batch_line
-    from benchmarks.steps import registered
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -223,7 +208,7 @@ def run_gpu_bench(
         "device": name,
         "bf16_peak_tflops": None if peak is None else peak / 1e12,
         "torch": torch.__version__,
-        "preset": str(PRESET.relative_to(ROOT)) if PRESET.is_file() else "FALLBACK_PRESET",
+        "preset": str(PRESET.relative_to(ROOT)),
         "overrides": str(overrides) if overrides else None,
         "steps": dict(
             zip(("warmup", "timed"), STEPS["quick" if quick else "default"], strict=True)
@@ -240,7 +225,7 @@ def run_gpu_bench(
             wanted = (methods or METHODS)[task]
             names = [m for m in wanted if m in registered(task)]
             rows = [bench_method(cfg, data, m, dev, res["steps"].values(), peak) for m in names]
-            res["tasks"][task] = {"sizes": _batch_line(cfg), "methods": rows}
+            res["tasks"][task] = {"sizes": batch_line(cfg), "methods": rows}
     res["seconds"] = round(time.perf_counter() - began, 1)
     out = Path(out)
     write_json_atomic(out / "bench_gpu.json", res)

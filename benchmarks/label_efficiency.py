@@ -36,8 +36,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from semimed import paths
-from semimed.io import write_json_atomic
-from semimed.report.tables import save_figure
+from semimed.io import save_figure, write_json_atomic
 from semimed.tasks import spec
 
 PARAMS_FILE = "params.yaml"

@@ -5,8 +5,8 @@ widths: cnn [8, 16, 32, 64], lwn [24, 48, 96, 192], the others ignore ``channels
 inference latency at batch 1 and per-image time at batch 64 (eval, ``torch.inference_mode``,
 after ``reparameterize``, which fuses lwn's branches), and one training step at batch 48
 (forward + cross-entropy + backward, no optimizer step). Each time is the median of repeats
-after a warm-up run. ``lwn (unfused)`` shows what fusing saves. About 30 s per thread count
-on an idle 2-core CPU; the header records the load average, as other processes inflate times.
+after a warm-up run. ``lwn (unfused)`` shows what fusing saves. The header records the load
+average, as other processes inflate times.
 
     python benchmarks/networks.py --out benchmarks/networks.md [--threads 1 2] [--budget 0.5]
 """

@@ -3,7 +3,7 @@ repository (git's files and the outputs in ``dvc.lock``): ``dvc status`` and a n
 ``dvc repro``; the data stages, a shortened training and its evaluation per task, analyze and
 report as subprocesses (wall time, peak resident memory). The default ``dvc repro`` time is
 ESTIMATED from them and the recorded training seconds, or measured from scratch in the copy
-with ``--pipeline`` (~5 min on 2 cores)."""
+with ``--pipeline``."""
 
 from __future__ import annotations
 

@@ -1,14 +1,14 @@
 """Stage start-up (the ``startup`` section): seconds from ``python stages/<name>.py --help``
 to its exit, i.e. the interpreter plus the stage's module-level imports, and which heavy
-packages those load. Every DVC stage pays this once per run before any work; with ~28
-stages the sum is minutes of the default pipeline. torch costs ~1.3-1.5 s; MONAI ~0.4 s more
-through `semimed.process` (~2.5 s more with MONAI's own load of every submodule).
-The stage's own run may import more lazily; that is work, not start-up.
+packages those load. Every DVC stage pays this once per run before any work, so over all
+the stages of the default pipeline it adds up; torch is the largest part, then MONAI through
+`semimed.process` (which keeps MONAI from loading every submodule). The stage's own run may
+import more lazily; that is work, not start-up.
 
 Each script runs `repeats` times in fresh interpreters; ``seconds`` is the fastest run and
-``median`` the median. As with ``timeit``, slower runs are other processes' interference (on a
-shared 2-core machine one busy neighbour adds 0.1-0.7 s to a 2 s import), so the targets use
-the fastest; the median is reported beside it."""
+``median`` the median. As with ``timeit``, slower runs are other processes' interference (a
+busy neighbour on a shared machine slows an import down), so the targets use the fastest;
+the median is reported beside it."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """The benchmark's targets and ``metrics/bench.md``: each target met or not, then Markdown
-tables of the methods, data and pipeline sections of ``metrics/bench.json``."""
+tables of the methods, data and pipeline sections of ``metrics/bench.json``; `batch_line`,
+the sizes a task's tables name (bench.md and the GPU mode's bench_gpu.md)."""
 
 from __future__ import annotations
 
 # Limits: default dvc repro seconds, method time / intrinsic cost, no-op dvc repro seconds,
 # peak resident memory (GiB) of a train or evaluate stage, start-up seconds of a stage script
-# without torch and of one with torch (issue 17).
+# without torch and of one with torch.
 TARGETS = {
     "pipeline_s": 300.0,
     "waste": 1.1,
@@ -14,6 +15,15 @@ TARGETS = {
     "startup_light_s": 1.0,
     "startup_torch_s": 2.5,
 }
+
+
+def batch_line(cfg) -> str:
+    """The network and batch of a task's config in words, e.g. ``unet [16, 32, 64, 128],
+    32x32x32, 2 labeled + 2 unlabeled``."""
+    t, n = cfg.train, cfg.network
+    shape = "x".join(map(str, t.patch_size or (cfg.preprocess.image_size,) * 2))
+    unlabeled = t.batch_size * t.unlabeled_ratio
+    return f"{n.name} {list(n.channels)}, {shape}, {t.batch_size} labeled + {unlabeled} unlabeled"
 
 
 def check_targets(res: dict) -> list[dict]:
@@ -78,7 +88,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def _median(entry: dict) -> str:
-    """A start-up entry's median (absent from results written before it was recorded)."""
+    """A start-up entry's median, ``-`` for an entry without one."""
     return f"{entry['median']:.2f}" if "median" in entry else "-"
 
 

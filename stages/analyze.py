@@ -12,18 +12,10 @@ writes, from the TEST split, under plots/analysis/classification/:
 import time
 
 from semimed import cli, paths
-from semimed.analysis import (
-    PROJECTIONS,
-    backbone_features,
-    gradcam_maps,
-    load_analysis,
-    plot_embeddings,
-    plot_gradcam_grid,
-    plot_robustness,
-    project,
-    robustness_records,
-    select_images,
-)
+from semimed.analysis import load_analysis
+from semimed.analysis.embeddings import PROJECTIONS, backbone_features, plot_embeddings, project
+from semimed.analysis.gradcam import gradcam_maps, plot_gradcam_grid, select_images
+from semimed.analysis.robustness import plot_robustness, robustness_records
 from semimed.build import check_task, load_for_data
 from semimed.data.taskdata import load_task_data
 from semimed.io import write_json_atomic

@@ -1,7 +1,7 @@
 """Stage evaluate_<task>: score every run's best checkpoint on the TEST split, once.
 
-The runs are `<task>.methods` x `<task>.seeds` (one process for all of them: a stage per run
-paid Python's start-up, torch + MONAI, ~5-6 s, for ~1 s of work). For each run it writes
+The runs are `<task>.methods` x `<task>.seeds`, all in one process (the start-up of torch and
+MONAI is paid once; docs/benchmark.md). For each run it writes
 metrics/<task>/<method>/seed<k>.json, the per-case table seed<k>_cases.csv beside it
 (segmentation: scored in each case's original space, files named by data/<task>/ingested)
 and, under plots/eval/<task>/<method>/seed<k>/, a confusion-matrix plot (classification) or

@@ -16,8 +16,8 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
 from benchmarks import label_efficiency
-from semimed import analysis
-from semimed.config import ConfigError
+from semimed.analysis import embeddings, gradcam, robustness
+from semimed.config import ConfigError, parse_task
 from semimed.inference import predict_proba
 from semimed.networks import build_network
 from semimed.transforms import PERTURBATIONS
@@ -55,19 +55,19 @@ def _assert_png(path) -> None:
 
 def test_last_conv_name_finds_the_last_backbone_conv():
     net = _net(0)
-    name = analysis.last_conv_name(net)
+    name = gradcam.last_conv_name(net)
     convs = [m for m in net.backbone.modules() if isinstance(m, nn.Conv2d)]
     assert name == "backbone.10" and dict(net.named_modules())[name] is convs[-1]
     no_conv = nn.Module()
     no_conv.backbone = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="no nn.Conv2d"):
-        analysis.last_conv_name(no_conv)
+        gradcam.last_conv_name(no_conv)
 
 
 def test_gradcam_maps_shape_range_and_isolation():
     x, _ = _data(4)
     frozen = _net(0).requires_grad_(False)  # like an EMA teacher from load_best
-    maps, preds = analysis.gradcam_maps(frozen, x)
+    maps, preds = gradcam.gradcam_maps(frozen, x)
     assert maps.shape == (4, 16, 16) and maps.dtype == np.float32
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
     assert maps.reshape(4, -1).max(1).max() == pytest.approx(1.0)  # highest = most relevant
@@ -75,24 +75,24 @@ def test_gradcam_maps_shape_range_and_isolation():
     # the caller's network is untouched: still frozen, no hooks left on it
     assert not any(p.requires_grad for p in frozen.parameters())
     assert not any(m._forward_hooks or m._backward_hooks for m in frozen.modules())
-    other, _ = analysis.gradcam_maps(_net(1), x)
+    other, _ = gradcam.gradcam_maps(_net(1), x)
     assert not np.allclose(maps, other)
     # multi-task logits: only the first num_classes columns (the primary target) decide
-    _, primary = analysis.gradcam_maps(frozen, x, num_classes=2)
+    _, primary = gradcam.gradcam_maps(frozen, x, num_classes=2)
     assert torch.equal(torch.as_tensor(primary), frozen(x)[:, :2].argmax(1))
 
 
 def test_select_images_round_robin_over_classes():
     labels = torch.tensor([2, 0, 0, 1, 2, 1])
-    assert analysis.select_images(labels, 4) == [1, 3, 0, 2]
-    assert analysis.select_images(labels, 10) == [1, 3, 0, 2, 5, 4]  # all, no repeats
+    assert gradcam.select_images(labels, 4) == [1, 3, 0, 2]
+    assert gradcam.select_images(labels, 10) == [1, 3, 0, 2, 5, 4]  # all, no repeats
 
 
 def test_gradcam_grid_png(tmp_path):
     x, y = _data(3)
-    rows = {m: analysis.gradcam_maps(_net(s), x) for s, m in enumerate(["sup", "fixmatch"])}
+    rows = {m: gradcam.gradcam_maps(_net(s), x) for s, m in enumerate(["sup", "fixmatch"])}
     out = tmp_path / "gradcam.png"
-    analysis.plot_gradcam_grid(x, y.tolist(), rows, CLASSES, out)
+    gradcam.plot_gradcam_grid(x, y.tolist(), rows, CLASSES, out)
     _assert_png(out)
 
 
@@ -110,20 +110,20 @@ class _Branchy(nn.Module):
 def test_inference_copy_folds_batchnorm_or_falls_back():
     x, _ = _data(4)
     net = _net(0)
-    fast = analysis._inference_copy(net)
+    fast = robustness._inference_copy(net)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # original untouched
     with torch.no_grad():
         assert torch.allclose(fast(x), net(x), atol=1e-5)
         branchy = _Branchy(net)
-        assert torch.allclose(analysis._inference_copy(branchy)(x), branchy(x))
+        assert torch.allclose(robustness._inference_copy(branchy)(x), branchy(x))
 
 
 def test_robustness_records_and_plot(tmp_path):
     x, y = _data()
     models = {"a": {3: _net(0), 5: _net(1)}, "b": {0: _net(2)}}
     strengths = [0.0, 0.5, 1.0]
-    records = analysis.robustness_records(models, x, y, PERTURBATIONS, strengths, 0, 8, "cpu")
+    records = robustness.robustness_records(models, x, y, PERTURBATIONS, strengths, 0, 8, "cpu")
     keys = [(r["method"], r["seed"], r["kind"], r["strength"]) for r in records]
     assert len(keys) == len(set(keys)) == 3 * len(PERTURBATIONS) * len(strengths)
     # one flat list of per-run rows: a DVC template colours by method and facets by kind
@@ -137,23 +137,23 @@ def test_robustness_records_and_plot(tmp_path):
             if (r["method"], r["seed"], r["strength"]) == ("a", seed, 0.0):
                 assert r["balanced_accuracy"] == pytest.approx(clean, abs=1e-6)
     out = tmp_path / "robustness.png"
-    analysis.plot_robustness(records, out)
+    robustness.plot_robustness(records, out)
     _assert_png(out)
 
 
 def test_embeddings_tsne_and_umap(tmp_path):
     x, y = _data()
-    features = analysis.backbone_features(_net(0), x, 8, "cpu")
+    features = embeddings.backbone_features(_net(0), x, 8, "cpu")
     assert features.shape == (30, 8)
     points = {}
-    for how in analysis.PROJECTIONS:
-        xy = analysis.project(features, how, seed=0)
+    for how in embeddings.PROJECTIONS:
+        xy = embeddings.project(features, how, seed=0)
         assert xy.shape == (30, 2) and np.isfinite(xy).all()
         points[how] = xy
     with pytest.raises(ValueError, match="how"):
-        analysis.project(features, "pca", seed=0)
+        embeddings.project(features, "pca", seed=0)
     out = tmp_path / "emb.png"
-    analysis.plot_embeddings(points, y.tolist(), CLASSES, "test", out)
+    embeddings.plot_embeddings(points, y.tolist(), CLASSES, "test", out)
     _assert_png(out)
 
 
@@ -168,13 +168,17 @@ def test_embeddings_tsne_and_umap(tmp_path):
         ("perturb_seed", "zero"),
     ],
 )
-def test_bad_analysis_params_name_the_key(key, value):
-    assert analysis.parse_analysis(ANALYSIS).strengths == (0.0, 0.5, 1.0)
+def test_bad_analysis_params_name_the_key(key, value, default_params):
+    def parse(analysis: dict):
+        section = {**default_params["classification"], "analysis": analysis}
+        return parse_task("classification", section).analysis
+
+    assert parse(ANALYSIS).strengths == (0.0, 0.5, 1.0)
     with pytest.raises(ConfigError, match=f"classification.analysis.{key}") as err:
-        analysis.parse_analysis({**ANALYSIS, key: value})
+        parse({**ANALYSIS, key: value})
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="unknown key"):
-        analysis.parse_analysis({**ANALYSIS, "perplexity": 30})
+        parse({**ANALYSIS, "perplexity": 30})
 
 
 # ------------------------------------------------------------------ the stage, in-process

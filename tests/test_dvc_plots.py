@@ -38,12 +38,17 @@ def _expand(path: str) -> str:
     return path.replace("${item.method}", "M").replace("${item.seed}", "7")
 
 
+def _live_curves(task: str, method: str, seed: int) -> Path:
+    """A run's DVCLive curves folder: two up from the TSV `paths.val_curve` reads."""
+    return paths.val_curve(paths.live_dir(task, method, seed), "m").parents[1]
+
+
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_training_curves_are_drawn_against_the_logged_step(task):
     stage = STAGES[f"train_{task}"]
     plots = {_expand(p): opts for p, opts in _plots(stage).items()}
     outs = {_expand(next(iter(e)) if isinstance(e, dict) else e) for e in stage.get("outs", [])}
-    assert plots.get(str(paths.live_curves(task, "M", 7)), {}).get("x") == "step"
+    assert plots.get(str(_live_curves(task, "M", 7)), {}).get("x") == "step"
     # DVCLive's metrics.json (last values) is a cached output: inside a plots folder it drew
     # empty charts, as a metric it widened `dvc metrics show`
     summary = str(paths.live_summary(task, "M", 7))
@@ -93,7 +98,7 @@ def _write_records(repo: Path) -> None:
     ]
     (repo / paths.ROBUSTNESS).parent.mkdir(parents=True, exist_ok=True)
     (repo / paths.ROBUSTNESS).write_text(json.dumps(robustness))
-    curves = repo / paths.live_curves("classification", "supervised", 0)
+    curves = repo / _live_curves("classification", "supervised", 0)
     for part, name in (("train", "loss"), ("val", "balanced_accuracy")):
         (curves / part).mkdir(parents=True, exist_ok=True)
         rows = "".join(f"{1000 + s}\t{s}\t{1 / s}\n" for s in (50, 100, 150))
@@ -120,7 +125,8 @@ def test_plots_render_with_their_templates(page):
     _, data = page
     drawn = {k: v[0]["content"] for k, v in data.items() if v and "content" in v[0]}
     assert all(not k.endswith("metrics.json") for k in data)  # no empty DVCLive charts
-    curve = str(paths.live_curves("classification", "supervised", 0) / "val/balanced_accuracy.tsv")
+    live = paths.live_dir("classification", "supervised", 0)
+    curve = str(paths.val_curve(live, "balanced_accuracy"))
     assert drawn[curve]["encoding"]["x"]["field"] == "step"
     assert [r["step"] for r in drawn[curve]["data"]["values"]] == ["50", "100", "150"]
     sweep = drawn[str(paths.ROBUSTNESS)]

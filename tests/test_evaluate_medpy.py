@@ -10,7 +10,7 @@ from scipy.ndimage import binary_fill_holes, gaussian_filter
 from scipy.ndimage import label as components
 
 from semimed.evaluate import SegmentationScorer
-from semimed.evaluate.metrics import _binary_scores
+from semimed.evaluate.segmentation import _binary_scores
 
 SHAPE = (30, 26, 20)
 SPACINGS = [(0.7, 1.3, 2.5), (1.0, 1.0, 1.0), (2.2, 0.6, 3.1)]

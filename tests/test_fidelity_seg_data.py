@@ -1,4 +1,4 @@
-"""Segmentation data and model selection fidelity (issue 15): where labeled crops lie
+"""Segmentation data and model selection fidelity: where labeled crops lie
 (``train.label_crop``), DHC's flips (``train.crop_flip``), and validation under the test
 scorer's empty rule."""
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from semimed.data.loaders import StreamSpec, _one, label_crop, train_batches
+from semimed.data.crops import _one, label_crop
+from semimed.data.loaders import StreamSpec, train_batches
 from semimed.data.taskdata import TaskData
-from semimed.evaluate.metrics import SegmentationScorer
+from semimed.evaluate.segmentation import SegmentationScorer
 from semimed.inference import validation_score
 
 PATCH = (16, 16, 16)
@@ -20,7 +21,7 @@ PATCH = (16, 16, 16)
 def _imbalanced_item(num_classes=3):
     """A 48^3 volume (1, X, Y, Z): background, a 6^3 organ (class 1), a 3^3 organ (class 2);
     the image encodes the label so flips of image and label can be compared."""
-    from semimed.data.loaders import _padded_item
+    from semimed.data.crops import _padded_item
 
     label = np.zeros((1, 48, 48, 48), np.uint8)
     label[0, 6:12, 30:36, 20:26] = 1

@@ -11,15 +11,10 @@ from torch import nn
 
 from semimed.methods import METHODS, mean_teacher
 from semimed.methods.classification import MeanTeacher as ClsMeanTeacher
-from semimed.methods.losses import (
-    add_unsup_ratio,
-    hard_labels,
-    seg_supervised_loss,
-    softmax_mse,
-    weighted_ce,
-)
+from semimed.methods.losses import add_unsup_ratio, hard_labels, softmax_mse
 from semimed.methods.segmentation import DHC, MeanTeacher
 from semimed.methods.segmentation.class_weights import hard_dice_per_class
+from semimed.methods.segmentation.losses import seg_supervised_loss, weighted_ce
 
 LN2 = math.log(2.0)
 

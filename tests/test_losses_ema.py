@@ -7,12 +7,8 @@ import torch
 from torch import nn
 
 from semimed.methods.ema import make_teacher, update_ema, warmup_decay
-from semimed.methods.losses import (
-    masked_cross_entropy,
-    seg_supervised_loss,
-    sigmoid_rampup,
-    softmax_mse,
-)
+from semimed.methods.losses import masked_cross_entropy, sigmoid_rampup, softmax_mse
+from semimed.methods.segmentation.losses import seg_supervised_loss
 
 
 def test_sigmoid_rampup_endpoints_and_monotone():

@@ -4,12 +4,16 @@ import pytest
 import torch
 from seg_helpers import NUM_CLASSES, fits_fixed_batch, make, make_batch, tiny_unet
 
-from semimed.methods.losses import seg_supervised_loss, weighted_ce, weighted_dice_ce
 from semimed.methods.segmentation import DHC, CrossPseudoSupervision
 from semimed.methods.segmentation.class_weights import (
     difficulty_weights_,
     distribution_weights,
     hard_dice_per_class,
+)
+from semimed.methods.segmentation.losses import (
+    seg_supervised_loss,
+    weighted_ce,
+    weighted_dice_ce,
 )
 from semimed.networks.segmentation import PairAverage
 

@@ -20,8 +20,9 @@ from semimed.methods.classification.freematch import (
     gradient_inner_product,
     self_adaptive_mask,
 )
+from semimed.methods.classification.losses import mixup, sharpen
 from semimed.methods.classification.mixmatch import MixMatch
-from semimed.methods.losses import masked_cross_entropy, mixup, sharpen
+from semimed.methods.losses import masked_cross_entropy
 
 
 def mixmatch_batch(seed=0):
@@ -149,7 +150,7 @@ def test_mixmatch_draws_are_seeded_and_keep_the_larger_share():
 def test_mixmatch_unsup_term_alone_reaches_weights():
     method = make(MixMatch, rampup=0.0)
     out = method.training_step(mixmatch_batch(), 0)
-    assert out["weight"] == 75.0
+    assert out["weight"] == 3.0  # the default lambda_u, unramped
     assert unsup_alone_reaches_weights(method, out)
 
 

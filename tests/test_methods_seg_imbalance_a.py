@@ -37,8 +37,9 @@ def test_fits_a_fixed_batch(cls, params):
 
 
 def test_dhc_defaults_of_weight_and_rampup():
+    """DHC's published protocol (-w 0.1 -r) for every baseline: weight 0.1, ramp over the run."""
     got = {cls: (cls.Params().cps_weight, cls.Params().rampup) for cls, _ in METHODS}
-    assert got == {CReST: (0.1, 0.0), SimiS: (0.1, 0.0), DePL: (1.0, 1.0), Adsh: (0.1, 1.0)}
+    assert got == {CReST: (0.1, 1.0), SimiS: (0.1, 1.0), DePL: (0.1, 1.0), Adsh: (0.1, 1.0)}
 
 
 def test_crest_rarer_classes_get_larger_weights():

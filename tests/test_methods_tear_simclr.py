@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 from test_methods_classification import NUM_CLASSES, RecordingBatch, tiny_cnn
 
-from semimed.methods.classification.simclr import SimCLR
-from semimed.methods.classification.tear import TEAR, adapl_relaxation, distance
-from semimed.methods.losses import (
+from semimed.methods.classification.losses import (
     group_means,
     kmeans_assign,
-    masked_cross_entropy,
     matched_prototype_loss,
     nt_xent,
 )
+from semimed.methods.classification.simclr import SimCLR
+from semimed.methods.classification.tear import TEAR, adapl_relaxation, distance
+from semimed.methods.losses import masked_cross_entropy
 
 NUM_UNLABELED = 20
 

@@ -8,7 +8,7 @@ import torch
 from seg_helpers import NUM_CLASSES, fits_fixed_batch, make, make_batch, tiny_unet
 
 from semimed.build import parse_task
-from semimed.methods.losses import seg_supervised_loss
+from semimed.methods.segmentation.losses import seg_supervised_loss
 from semimed.methods.segmentation.uamt import UAMT, entropy_mask, masked_softmax_mse
 from semimed.methods.segmentation.urpc import (
     URPC,

@@ -5,16 +5,15 @@ import json
 import numpy as np
 import pytest
 
+from semimed.evaluate.overlay import plot_overlay
+from semimed.io import write_json_atomic
+from semimed.report.figures import plot_comparison, plot_training_curves
 from semimed.report.tables import (
     comparison_records,
     comparison_table,
     gap_closed,
     per_class_table,
-    plot_comparison,
-    plot_overlay,
-    plot_training_curves,
     summarize,
-    write_json,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,10 +80,13 @@ def test_gap_closed_and_per_class_table():
 
 def test_plot_comparison_writes_png(tmp_path):
     out = tmp_path / "plots" / "dice.png"  # parent dir does not exist yet
-    plot_comparison(summarize(RUNS), "segmentation", "dice", out)
+    summary = summarize(RUNS)
+    records = comparison_records(summary, "segmentation", "dice")
+    plot_comparison(records, "segmentation", "dice", out)
     _assert_only_png(out.parent, "dice.png")
+    missing = comparison_records(summary, "segmentation", "missing")
     with pytest.raises(ValueError, match="missing"):
-        plot_comparison(summarize(RUNS), "segmentation", "missing", tmp_path / "x.png")
+        plot_comparison(missing, "segmentation", "missing", tmp_path / "x.png")
 
 
 def test_plot_overlay_writes_png(tmp_path):
@@ -113,8 +115,8 @@ def test_plot_training_curves_writes_png(tmp_path):
 
 def test_write_json_atomic(tmp_path):
     out = tmp_path / "sub" / "records.json"
-    write_json([{"method": "dhc", "mean": 0.9, "std": 0.1}], out)
+    write_json_atomic(out, [{"method": "dhc", "mean": 0.9, "std": 0.1}])
     assert json.loads(out.read_text()) == [{"method": "dhc", "mean": 0.9, "std": 0.1}]
     with pytest.raises(ValueError):
-        write_json({"x": float("nan")}, out)  # NaN is not JSON
+        write_json_atomic(out, {"x": float("nan")})  # NaN is not JSON
     assert json.loads(out.read_text())[0]["method"] == "dhc"  # old file untouched

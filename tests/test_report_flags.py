@@ -70,12 +70,12 @@ def test_training_record_numbers_and_bools_only():
     assert "last_quarter_gain" not in rf.training_record(bad)  # NaN is not JSON
 
 
-def test_run_training_reads_block_or_train_copy():
+def test_training_block_reads_block_or_train_copy():
     block = rf.training_record(train_info(True))
-    assert rf.run_training({"training": block, "train": {}}) == block
+    assert rf.training_block({"training": block, "train": {}}) == block
     # metrics files from before the "training" block: the train.json copy under "train"
-    assert rf.run_training({"train": train_info(False)})["converged"] is False
-    assert rf.run_training({"balanced_accuracy": 0.5}) == {}
+    assert rf.training_block({"train": train_info(False)})["converged"] is False
+    assert rf.training_block({"balanced_accuracy": 0.5}) == {}
 
 
 def _training(states: dict[str, list[bool | None]]) -> dict:

@@ -247,7 +247,7 @@ def test_stage_outputs_are_the_paths_module_layout():
         train = {expand(p) for p in _outs(stages[f"train_{task}"])}
         assert str(paths.model_dir(task, "M", 7)) in train
         assert {
-            str(paths.live_curves(task, "M", 7)),
+            str(paths.val_curve(paths.live_dir(task, "M", 7), "m").parents[1]),
             str(paths.live_summary(task, "M", 7)),
         } <= train
         evaluate = _outs(stages[f"evaluate_{task}"])  # one stage scores every run

@@ -76,7 +76,7 @@ def predict_volume(
 
 def dice_per_class(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Dice (C - 1,) of each foreground class of one volume under the test scorer's empty
-    rule (`semimed.evaluate.metrics.SegmentationScorer`): NaN (not scored) where the class is
+    rule (`semimed.evaluate.segmentation.SegmentationScorer`): NaN (not scored) where the class is
     in neither map, 0 where it is in only one (a missed or a hallucinated organ), MONAI's Dice
     otherwise. pred, label: (X, Y, Z) int label maps."""
     p = one_hot(pred[None, None].long(), num_classes)
@@ -102,7 +102,9 @@ def validation_score(model: nn.Module, data: TaskData, cfg: TaskConfig, device) 
     if not spec(data.task).dense:
         x, y = data.arrays(data.split["val"])  # the primary task selects checkpoints
         probs = predict_proba(model, x, cfg.eval.batch_size, device, data.task_sizes)
-        from sklearn.metrics import balanced_accuracy_score  # here: 0.45 s a segmentation run skips
+        from sklearn.metrics import (
+            balanced_accuracy_score,  # imported here: segmentation never needs it
+        )
 
         return float(balanced_accuracy_score(y.numpy(), probs[:, : data.num_classes].argmax(1)))
     scores = []  # per volume (C - 1,), NaN where the test scorer skips the class

@@ -1,8 +1,10 @@
-"""Atomic file and directory writes: an interrupted stage never leaves half-written output."""
+"""Atomic file and directory writes: an interrupted stage never leaves half-written output
+(a file DVC would then cache)."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -10,6 +12,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FIGURE_DPI = 100  # small PNGs: they are committed as DVC plots and shown in the README
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -31,6 +39,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 def write_json_atomic(path: str | Path, obj) -> None:
     """Indented JSON (diff-friendly in git), written atomically; NaN/inf are refused."""
     write_bytes_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+
+
+def save_figure(fig: Figure, out_png: str | Path) -> None:
+    """Render a bare matplotlib `fig` with the Agg canvas (no ``pyplot``, no global backend)
+    and write it to `out_png` as PNG, atomically (parents made)."""
+    # imported here: the stages that draw nothing never import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # attach the Agg renderer explicitly
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI)
+    write_bytes_atomic(out_png, buf.getvalue())
 
 
 @contextlib.contextmanager

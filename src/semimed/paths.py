@@ -58,11 +58,6 @@ def live_dir(task: str, method: str, seed: int) -> Path:
     return run_dir(PLOTS / "train", task, method, seed)
 
 
-def live_curves(task: str, method: str, seed: int) -> Path:
-    """<live_dir>/plots/metrics/: DVCLive's TSV curves (dvc.yaml `plots`, x: step)."""
-    return live_dir(task, method, seed) / "plots" / "metrics"
-
-
 def live_summary(task: str, method: str, seed: int) -> Path:
     """<live_dir>/metrics.json: DVCLive's last logged values (dvc.yaml `metrics`, not a plot)."""
     return live_dir(task, method, seed) / "metrics.json"
@@ -94,5 +89,6 @@ def report_val_curves(task: str) -> Path:
 
 
 def val_curve(live: Path, metric: str) -> Path:
-    """The DVCLive TSV of the validation metric inside a run's live folder."""
+    """The DVCLive TSV of the validation metric inside a run's live folder, under DVCLive's
+    curves folder ``<live>/plots/metrics`` (dvc.yaml `plots`, x: step)."""
     return Path(live) / "plots" / "metrics" / "val" / f"{metric}.tsv"

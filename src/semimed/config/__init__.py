@@ -3,9 +3,11 @@
 A leaf: imports nothing from semimed outside this package.
 
 * `checks`: the declarative value checks every params dataclass uses (config sections and
-  each method's ``Params``): ``Annotated[float, Range(ge=0, lt=1)]`` beside the field.
+  each method's ``Params``): ``Annotated[float, Range(ge=0, lt=1)]`` beside the field; the
+  rules themselves are in `rules`.
 * `parse`: the generic strict parser (`parse_section`, `ConfigError`, `load_params`).
-* `schema`: the sections of params.yaml and `parse_task` / `load_task`.
+* `schema`: the sections of params.yaml.
+* `task`: one task's `TaskConfig`, `parse_task_section` / `load_task_section`.
 """
 
 from semimed.config.checks import (
@@ -41,12 +43,10 @@ from semimed.config.schema import (
     SplitLists,
     SyntheticCT,
     SyntheticEcho,
-    TaskConfig,
     Tmed2Source,
     Train,
-    load_task,
-    parse_task,
 )
+from semimed.config.task import TaskConfig, load_task_section, parse_task_section
 
 __all__ = [
     "CLS_SOURCES",
@@ -81,9 +81,9 @@ __all__ = [
     "Tmed2Source",
     "Train",
     "load_params",
-    "load_task",
+    "load_task_section",
     "parse_section",
-    "parse_task",
+    "parse_task_section",
     "require",
     "validate",
 ]

@@ -1,13 +1,11 @@
 """The sections of params.yaml as frozen dataclasses; each field declares its value checks.
 
 Field comments for users live in `params.yaml` (the record of what ran); the accepted values
-live here, beside each field (`semimed.config.checks`). `parse_task` / `load_task` give one
-task's `TaskConfig`; checks that need the method registry or the networks (method names,
-their params, multi-task and deep-supervision needs) live in the build layer.
+live here, beside each field (`semimed.config.checks`). One task's sections together make its
+`TaskConfig` (`semimed.config.task`).
 """
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from semimed.config.checks import (
@@ -21,7 +19,6 @@ from semimed.config.checks import (
     Regex,
     require,
 )
-from semimed.config.parse import ConfigError, _parse, load_params
 
 TASKS = ("classification", "segmentation")
 CLS_SOURCES = ("synthetic", "tmed2", "isic2018", "image_folder", "csv", "medmnist")
@@ -284,60 +281,3 @@ class PredictParams(Checked):
     batch_size: Annotated[int, Range(ge=1)] | None = None  # images / windows per forward
     probabilities: bool = False  # segmentation: also per-class probability maps
     path_column: str = "path"  # the path column of CSV inputs
-
-
-@dataclass(frozen=True)
-class TaskConfig(Checked):
-    """One task's section; `methods_params` stays raw (the build layer parses each method's)."""
-
-    task: str
-    data: Any
-    preprocess: Any
-    split: Split
-    methods: Annotated[tuple[str, ...], Distinct("method")]
-    seeds: Annotated[tuple[int, ...], MinLen(1, "seed"), Distinct("seed")]
-    network: Network
-    train: Train
-    methods_params: dict = field(default_factory=dict)
-    eval: Any = None
-    analysis: Any = None  # classification only: ClsAnalysis
-    predict: PredictParams | None = None  # the optional predict stage
-
-    def cross_checks(self) -> None:
-        # Segmentation trains on random crops of this size; classification on whole images.
-        if self.task == "segmentation":
-            require(self.train.patch_size is not None, "train.patch_size", "missing key")
-
-
-# The task-specific sections of TaskConfig, by task.
-_SECTIONS = {
-    "classification": dict(
-        data=ClsData, preprocess=ClsPreprocess, eval=ClsEval, analysis=ClsAnalysis
-    ),
-    "segmentation": dict(data=SegData, preprocess=SegPreprocess, eval=SegEval),
-}
-
-
-def parse_task(task: str, section: dict) -> TaskConfig:
-    """Parse one task section and check its values (not the method names: see semimed.build)."""
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    sections = _SECTIONS[task]
-    if isinstance(section, dict):
-        for name in ("data", "preprocess", "eval", "analysis"):
-            if name in section and name not in sections:
-                raise ConfigError(f"{task}.{name}: unknown key for task {task}")
-    return _parse(TaskConfig, section, task, overrides={"task": task}, field_types=sections)
-
-
-def load_task(task: str, path: str | Path = "params.yaml") -> TaskConfig:
-    """Load, validate and return the `task` section of params.yaml."""
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    data = load_params(path, TASKS)
-    if task not in data:
-        raise ConfigError(f"{path}: missing section {task!r}")
-    try:
-        return parse_task(task, data[task])
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None

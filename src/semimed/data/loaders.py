@@ -1,8 +1,8 @@
-"""Labeled and unlabeled training streams with weak/strong views, and the held-out splits.
+"""Labeled and unlabeled training streams with weak/strong views, and the pools they draw from.
 
-Preprocessed data is small enough to live in memory (the default echo set is 11 MB, the
-CT set ~30 MB), so items are gathered by index rather than through a DataLoader.
-`train_batches` yields the `Batch` dict of CONTRACTS / DESIGN:
+Preprocessed data is small enough to live in memory, so items are gathered by index rather
+than through a DataLoader. `train_batches` yields the `Batch` dict that the methods'
+`training_step` reads:
 
 * ``x_lb``  (B, C, ...) labeled images, weakly augmented (echo) or cropped patches (CT, MR)
 * ``y_lb``  (B,) class indices, or (B, 1, X, Y, Z) label patches
@@ -12,6 +12,9 @@ CT set ~30 MB), so items are gathered by index rather than through a DataLoader.
   ``uses_unlabeled`` (a `StreamSpec`, which `semimed.build` derives from the method). The
   pool is the unlabeled split, or every train image with ``unlabeled_pool = "all"``
   (self-supervised pretraining).
+
+Classification batches gather whole images; segmentation batches gather patches cut by the
+crop transforms of `semimed.data.crops`.
 
 Sampling is driven by one `torch.Generator` and the augmentations' own RandomStates, all
 seeded from the run's seed. `TrainStream.state_dict()` holds all of them (and the rest of the
@@ -27,18 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.transforms import (
-    ClassesToIndicesd,
-    Compose,
-    RandCropByLabelClassesd,
-    RandFlipd,
-    Randomizable,
-    RandSpatialCropd,
-    SpatialPadd,
-    Transform,
-)
+from monai.transforms import Randomizable, Transform
 
 from semimed.config import ConfigError, TaskConfig
+from semimed.data.crops import _one, _padded_item, _random_crop, label_crop
 from semimed.data.taskdata import TaskData
 from semimed.data.track_meta import plain_tensors
 from semimed.runtime import numpy_rng_state, set_numpy_rng_state
@@ -271,60 +266,3 @@ def _views(views: dict, images: torch.Tensor, positions: torch.Tensor) -> dict:
 
 def _stack(arrays, device) -> torch.Tensor:
     return torch.stack([torch.as_tensor(np.asarray(a)) for a in arrays]).to(device)
-
-
-def _padded_item(volume, patch, num_classes: int | None = None) -> dict:
-    """Pad a volume to at least the patch size once; for labeled volumes also precompute the
-    voxel indices of each class, so each crop does not rescan the label map."""
-    image, label = volume
-    if num_classes is None:
-        return SpatialPadd("image", spatial_size=patch)({"image": image})
-    item = SpatialPadd(["image", "label"], spatial_size=patch)({"image": image, "label": label})
-    return ClassesToIndicesd("label", num_classes=num_classes, indices_postfix="_cls")(item)
-
-
-def _one(crop):
-    """The crop of a one-sample crop transform (MONAI's label-driven crops return a list)."""
-    return crop[0] if isinstance(crop, list) else crop
-
-
-def _flips(keys, flip: float) -> list:
-    """Mirror along each in-plane axis (x, y of (C, X, Y, Z)) with probability ``flip``, as
-    DHC's RandomFlip_LR / RandomFlip_UD; none for 0 (the random streams stay unchanged)."""
-    if flip <= 0:
-        return []
-    return [RandFlipd(keys, prob=flip, spatial_axis=axis) for axis in (0, 1)]
-
-
-def label_crop(patch, num_classes: int, seed: int, mode: str = "class_balanced", flip=0.0):
-    """Crop transform of a labeled item (``image``, ``label`` (1, X, Y, Z), ``label_cls``).
-
-    ``class_balanced``: centred on a voxel of a uniformly drawn class, background included, so
-    small organs are seen as often as the liver (MONAI ``RandCropByLabelClassesd``, equal
-    ratios). ``random``: anywhere, uniformly (MONAI ``RandSpatialCropd``), as DHC (Wang & Li,
-    MICCAI 2023) crops: the crops then carry the data's own class imbalance, the one the
-    class-imbalance methods (DHC, CReST, ...) are built to correct. ``flip``: see ``_flips``.
-    Returns a crop dict (or a one-element list of it: take it with ``_one``)."""
-    keys = ["image", "label"]
-    if mode == "random":
-        crop = RandSpatialCropd(keys, roi_size=patch, random_size=False)
-    elif mode == "class_balanced":
-        crop = RandCropByLabelClassesd(
-            keys,
-            label_key="label",
-            spatial_size=patch,
-            num_classes=num_classes,
-            indices_key="label_cls",
-            warn=False,
-        )
-    else:
-        raise ValueError(f"train.label_crop: must be class_balanced or random; got {mode!r}")
-    return seed_transform(Compose([crop, *_flips(keys, flip)]), seed % 2**31)
-
-
-def _random_crop(patch, seed: int, flip: float = 0.0) -> Compose:
-    keys = ["image"]
-    return seed_transform(
-        Compose([RandSpatialCropd(keys, roi_size=patch, random_size=False), *_flips(keys, flip)]),
-        seed % 2**31,
-    )

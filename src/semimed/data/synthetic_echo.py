@@ -19,22 +19,25 @@ with ``z`` (calcification); it is fully visible in PLAX and basal PSAX and dimme
 so severity is learnable but harder than the view. The echogenicity map is blurred more with
 depth (lateral resolution), multiplied by spatially correlated Rayleigh speckle (magnitude of
 a smoothed complex Gaussian field), attenuated with depth, log-compressed, masked to the fan
-sector and saved as an 8-bit grayscale PNG.
+sector and saved as an 8-bit grayscale PNG. The planes and the heart's echogenicity are in
+`synthetic_echo_heart`; this module draws patients, studies and frames, renders the frames
+and writes them (`generate_echo`).
 
-Difficulty was calibrated (module constants below) so that a 4-layer CNN trained on 10 % of
-the default training frames is clearly worse at views than one trained on all of them,
-leaving room for semi-supervised learning.
+The difficulty knobs (module constants below: pose error, rib shadows, speckle; the strength
+of the AS cue in `synthetic_echo_heart`) set how far a small CNN trained on a fraction of the
+labels stays behind one trained on all of them: the room left for semi-supervised learning.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+
+from semimed.data.synthetic_echo_heart import PLANES, heart_echogenicity, soft_inside
 
 VIEWS = ("PLAX", "PSAX", "A4C", "A2C")
 SEVERITIES = ("no_AS", "mild_AS", "severe_AS")
@@ -50,147 +53,15 @@ CSV_COLUMNS = (
     "study_id",
 )
 
-# Difficulty knobs, calibrated so a small CNN needs many labels to reach its ceiling on views.
+# Difficulty knobs: the more pose error, shadowing and speckle, the more labels a CNN needs
+# (the AS cue's knobs, VALVE_THICKENING and VALVE_BRIGHTENING, are in synthetic_echo_heart).
 OFF_AXIS_PROB = 0.05  # fraction of frames with a badly placed probe (pose jitter x OFF_AXIS_SCALE)
 OFF_AXIS_SCALE = 3.0
 POSE_JITTER = (6.0, 0.03, 0.05)  # per-frame std of rotation (deg), shift (width), log-zoom
 SHADOW_PROB = 0.15  # fraction of frames with a rib shadow across part of the sector
 SPECKLE_MIX = 0.85  # 1 = fully developed speckle, 0 = none
-VALVE_THICKENING = 0.05  # aortic-valve echo half-width added at valve score z = 1 (width)
-VALVE_BRIGHTENING = 2.5  # aortic-valve echogenicity added at z = 1
 HYPERTROPHY = 1.0  # relative LV wall thickening at z = 1
 FLIP_PROB = 0.25  # fraction of studies displayed mirrored left-right
-
-
-class Plane(NamedTuple):
-    """One imaging plane in heart coordinates (x right, y deeper; unit = image width).
-
-    chambers: (cx, cy, semi-axis a, semi-axis b, angle in degrees, kind) blood pools, each
-        wrapped in myocardium; kind V = ventricle (shrinks in systole), A = atrium (grows),
-        O = aortic root (rigid).
-    leaflets: mitral / tricuspid leaflets or papillary muscles as segments (x0, y0, x1, y1).
-    valve: aortic-valve (or annular calcification) segments carrying the AS cue.
-    visibility: how much of the AS cue this plane shows (1 = valve seen in full).
-    """
-
-    chambers: list
-    leaflets: list
-    valve: list
-    visibility: float
-
-
-_PLAX = Plane(
-    [
-        (-0.02, -0.24, 0.28, 0.055, 8, "V"),
-        (-0.10, -0.03, 0.27, 0.11, 8, "V"),
-        (0.25, -0.12, 0.14, 0.055, 0, "O"),
-        (0.24, 0.13, 0.11, 0.09, 0, "A"),
-    ],
-    [(0.13, -0.06, 0.05, 0.04), (0.15, 0.06, 0.09, 0.05)],
-    [(0.12, -0.17, 0.16, -0.125), (0.12, -0.07, 0.16, -0.115)],
-    1.0,
-)
-_PSAX_MID = Plane(  # papillary-muscle level: round LV ring, crescent RV
-    [(-0.04, -0.19, 0.23, 0.065, -12, "V"), (0.0, 0.03, 0.14, 0.14, 0, "V")],
-    [(-0.06, 0.07, -0.05, 0.09), (0.06, 0.07, 0.05, 0.09)],
-    [(0.10, -0.10, 0.14, -0.07)],
-    0.4,
-)
-_PSAX_BASE = Plane(  # aortic-valve level: aortic ring with the three-cusp "Mercedes" valve
-    [
-        (0.0, -0.19, 0.25, 0.06, 0, "V"),
-        (0.0, 0.0, 0.085, 0.085, 0, "O"),
-        (0.03, 0.2, 0.16, 0.07, 0, "A"),
-        (-0.2, 0.09, 0.07, 0.08, 0, "A"),
-    ],
-    [],
-    [(0.0, 0.0, 0.0, -0.08), (0.0, 0.0, -0.07, 0.04), (0.0, 0.0, 0.07, 0.04)],
-    1.0,
-)
-_A4C = Plane(
-    [
-        (0.11, -0.10, 0.10, 0.22, -4, "V"),
-        (-0.12, -0.07, 0.09, 0.19, 6, "V"),
-        (0.11, 0.24, 0.10, 0.085, 0, "A"),
-        (-0.11, 0.23, 0.09, 0.08, 0, "A"),
-    ],
-    [(0.03, 0.14, 0.09, 0.10), (0.19, 0.14, 0.13, 0.10), (-0.03, 0.14, -0.09, 0.10)],
-    [(-0.02, 0.14, 0.02, 0.14)],
-    0.45,
-)
-_A4C_SHORT = Plane(  # foreshortened: the probe sits off the true apex, ventricles look stubby
-    [
-        (0.12, -0.03, 0.11, 0.15, -4, "V"),
-        (-0.12, -0.02, 0.10, 0.13, 6, "V"),
-        (0.12, 0.23, 0.11, 0.09, 0, "A"),
-        (-0.11, 0.22, 0.10, 0.085, 0, "A"),
-    ],
-    [(0.03, 0.14, 0.09, 0.10), (0.19, 0.14, 0.13, 0.10), (-0.03, 0.14, -0.09, 0.10)],
-    [(-0.02, 0.14, 0.02, 0.14)],
-    0.45,
-)
-_A2C = Plane(
-    [(0.0, -0.10, 0.12, 0.23, 0, "V"), (0.0, 0.24, 0.11, 0.09, 0, "A")],
-    [(-0.09, 0.14, -0.03, 0.10), (0.09, 0.14, 0.03, 0.10)],
-    [(0.07, 0.15, 0.11, 0.13)],
-    0.35,
-)
-# Planes a view label covers, with their frequencies: sub-types a few labels rarely show.
-PLANES = {
-    "PLAX": ([_PLAX], [1.0]),
-    "PSAX": ([_PSAX_MID, _PSAX_BASE], [0.6, 0.4]),
-    "A4C": ([_A4C, _A4C_SHORT], [0.7, 0.3]),
-    "A2C": ([_A2C], [1.0]),
-}
-
-
-def _ellipse_field(x, y, cx, cy, a, b, angle_deg):
-    """Normalised elliptic radius (1 on the boundary) on grids x, y of shape (H, W)."""
-    t = np.deg2rad(angle_deg)
-    dx, dy = x - cx, y - cy
-    u = dx * np.cos(t) + dy * np.sin(t)
-    v = -dx * np.sin(t) + dy * np.cos(t)
-    return np.sqrt((u / a) ** 2 + (v / b) ** 2)
-
-
-def _segment_distance(x, y, x0, y0, x1, y1):
-    """Euclidean distance from every grid point to the segment (x0, y0)-(x1, y1)."""
-    sx, sy = x1 - x0, y1 - y0
-    t = np.clip(((x - x0) * sx + (y - y0) * sy) / (sx * sx + sy * sy), 0.0, 1.0)
-    return np.hypot(x - x0 - t * sx, y - y0 - t * sy)
-
-
-def _soft_inside(r, edge):
-    """Smooth 0/1 indicator of r < 1 with a transition of width ``edge`` (anti-aliasing)."""
-    return 1.0 / (1.0 + np.exp(np.clip((r - 1.0) / edge, -30, 30)))
-
-
-def _heart_echogenicity(x, y, plane, phase, wall, z, valve_gain, px, scale):
-    """Echogenicity map (H, W) in [0, ~2] of one plane in heart coordinates x, y, and the
-    myocardium mask (H, W) in [0, 1]."""
-    squeeze = 0.5 * (1 - np.cos(2 * np.pi * phase))  # 0 at end-diastole, 1 at end-systole
-    myo = np.zeros_like(x)
-    blood = np.zeros_like(x)
-    for cx, cy, a, b, ang, kind in plane.chambers:
-        s = {"V": 1 - 0.14 * squeeze, "A": 1 + 0.08 * squeeze, "O": 1.0}[kind]
-        w = wall * (0.6 if kind != "V" else 1 + 0.3 * squeeze)
-        a, b = a * s, b * s
-        r_in = _ellipse_field(x, y, cx, cy, a, b, ang)
-        r_out = _ellipse_field(x, y, cx, cy, a + w, b + w, ang)
-        blood = np.maximum(blood, _soft_inside(r_in, px / min(a, b)))
-        myo = np.maximum(myo, _soft_inside(r_out, px / min(a + w, b + w)))
-    # Pericardium: a bright thin shell just outside the myocardium.
-    shell = np.clip(gaussian_filter(myo, 1.2 * scale) - myo, 0, None) * 2.5
-    echo = 0.45 * myo * (1 - blood) + 0.03 * blood + shell
-    for seg in plane.leaflets:
-        d = _segment_distance(x, y, *seg)
-        echo = np.maximum(echo, 0.55 * np.exp(-((d / (0.6 * px + 0.004)) ** 2)))
-    thick = 0.5 * px + 0.004 + VALVE_THICKENING * z
-    bright = plane.visibility * valve_gain * (0.45 + VALVE_BRIGHTENING * z)
-    for seg in plane.valve:
-        d = _segment_distance(x, y, *seg)
-        echo = np.maximum(echo, bright * np.exp(-((d / thick) ** 2)))
-    return echo, myo
 
 
 def _speckle(rng, shape, grain):
@@ -209,7 +80,7 @@ def _render_frame(rng, size, view, study, patient, z):
     # Fan sector geometry (apex at top centre).
     r = np.hypot(gx - study["apex_x"], gy + 0.02)
     theta = np.arctan2(gx - study["apex_x"], gy + 0.02) - study["tilt"]
-    fan = _soft_inside(np.maximum(r / study["depth"], np.abs(theta) / study["half_open"]), 0.01)
+    fan = soft_inside(np.maximum(r / study["depth"], np.abs(theta) / study["half_open"]), 0.01)
     # Heart pose: study placement plus per-frame jitter; off-axis frames move much more.
     jit = OFF_AXIS_SCALE if rng.random() < OFF_AXIS_PROB else 1.0
     rot_sd, shift_sd, zoom_sd = (jit * v for v in POSE_JITTER)
@@ -223,7 +94,7 @@ def _render_frame(rng, size, view, study, patient, z):
     planes, probs = PLANES[view]
     plane = planes[int(rng.choice(len(planes), p=probs))]
     x = x * study["flip"]  # display convention: some labs mirror left-right
-    heart, myo = _heart_echogenicity(
+    heart, myo = heart_echogenicity(
         x, y, plane, rng.random(), patient["wall"], z, study["valve_gain"], px / zoom, scale
     )
     tissue = 0.22 + 0.08 * gaussian_filter(rng.standard_normal((size, size)), 3 * scale)
@@ -238,7 +109,7 @@ def _render_frame(rng, size, view, study, patient, z):
     echo += study["clutter"] * np.exp(-r / 0.12) * _speckle(rng, (size, size), scale)
     if rng.random() < SHADOW_PROB:  # rib shadow: a dark wedge of the sector
         centre = rng.uniform(-1, 1) * study["half_open"]
-        echo *= 1 - 0.75 * _soft_inside(np.abs(theta - centre) / rng.uniform(0.1, 0.25), 0.1)
+        echo *= 1 - 0.75 * soft_inside(np.abs(theta - centre) / rng.uniform(0.1, 0.25), 0.1)
     echo *= study["gain"] * np.exp(-study["atten"] * r)
     echo += 0.04 * rng.random((size, size))  # electronic noise floor
     k = study["dyn_range"]

@@ -1,7 +1,7 @@
 """A task's preprocessed data and its split, in memory (`TaskData`, `load_task_data`).
 
-Preprocessed data is small enough to live in memory (the default echo set is 11 MB, the
-CT set ~30 MB), so items are gathered by index rather than through a DataLoader.
+Preprocessed data is small enough to live in memory, so items are gathered by index rather
+than through a DataLoader.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ _before = True  # the flag the first of them found
 @contextlib.contextmanager
 def plain_tensors() -> Iterator[None]:
     """MONAI transforms return plain tensors inside (``set_track_meta(False)``), restored after.
-    The crops' MetaTensor bookkeeping (metadata, applied operations) was ~45 % of a training
-    batch's time and nothing downstream reads it; the values are the same (tested). Safe
+    The crops' MetaTensor bookkeeping (metadata, applied operations) costs time and nothing
+    downstream reads it; the values are the same (tested). Safe
     from several threads: the flag is restored when the last of them leaves (while one is
     inside, MONAI transforms in other threads return plain tensors too; the loop's main
     thread runs none that read metadata)."""

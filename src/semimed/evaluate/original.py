@@ -19,7 +19,7 @@ import numpy as np
 
 from semimed.config import ConfigError
 from semimed.data.original_space import labels_in_original_space
-from semimed.evaluate.metrics import SegmentationScorer
+from semimed.evaluate.segmentation import SegmentationScorer
 
 
 def original_files(ingested: Path) -> dict[str, tuple[str, str | None]]:

@@ -20,12 +20,13 @@ from torch import nn
 from semimed import paths
 from semimed.config import TaskConfig
 from semimed.data.taskdata import TaskData
-from semimed.evaluate.metrics import SegmentationScorer, classification_metrics, confusion_records
+from semimed.evaluate.metrics import classification_metrics, confusion_records
 from semimed.evaluate.original import OriginalSpaceScorer, original_files
+from semimed.evaluate.overlay import plot_overlay
+from semimed.evaluate.segmentation import SegmentationScorer
 from semimed.inference import predict_proba, predict_volume
 from semimed.io import write_bytes_atomic, write_json_atomic
 from semimed.report.flags import training_record
-from semimed.report.tables import plot_overlay
 from semimed.tasks import spec
 
 

@@ -1,7 +1,7 @@
 """Convergence of each run and the warnings the report puts in front of its numbers.
 
 A mean over seeds says nothing about whether the runs had finished learning, nor whether the
-comparison can separate methods at all. Two checks, written as words a reader cannot miss
+comparison can separate methods at all. Three checks, written as words a reader cannot miss
 (stage output, ``plots/report/results.md``, ``metrics/summary.json``):
 
 * **under-trained**: a run whose ``train.json`` says ``converged: false`` (the training loop
@@ -17,14 +17,16 @@ comparison can separate methods at all. Two checks, written as words a reader ca
 
 The report also states each task's budget protocol (`semimed.training.convergence.protocol`).
 
-Runs trained before ``train.json`` carried a ``convergence`` block are *unknown*: neither
-converged nor flagged under-trained, and said so. No torch here: the report stage imports it.
+A run whose ``train.json`` has no ``convergence`` block is *unknown*: neither converged nor
+flagged under-trained, and said so. No torch here: the report stage imports it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+
+from semimed.training.record import training_record
 
 LOWER, UPPER = "supervised", "supervised_full"
 MIN_MARGIN = 0.01  # smallest headline gap that counts as "above", whatever the seed std
@@ -62,20 +64,9 @@ def _pick(source: object, spec: Mapping[str, type]) -> dict[str, int | float | b
     return {key: kind(source[key]) for key, kind in spec.items() if _valid(source.get(key), kind)}
 
 
-def training_record(train_info: Mapping) -> dict[str, int | float | bool]:
-    """The convergence facts of one run's ``train.json`` as a flat dict of numbers and bools:
-    ``max_steps``, ``budget_steps``, ``best_step``, ``last_step``, ``evaluations``,
-    ``stopped_early``, ``converged``, ``last_quarter_gain``, ``trend_per_1k_steps``,
-    ``skipped_steps`` (see `semimed.training.convergence`).
-
-    A key that is missing (an older train.json) or of the wrong type is left out; without
-    ``converged`` the run's convergence is unknown (see `status`)."""
-    return _pick(train_info, _TOP) | _pick(train_info.get("convergence"), _CONVERGENCE)
-
-
-def run_training(run_metrics: Mapping) -> dict[str, int | float | bool]:
-    """The ``training`` block of one run's metrics file; files whose block is missing fall back
-    to the train.json copy under ``train`` (what the evaluate stage has always written)."""
+def training_block(run_metrics: Mapping) -> dict[str, int | float | bool]:
+    """The ``training`` block of one run's metrics file (numbers and bools only); a file
+    without one falls back to the train.json copy under its ``train`` key."""
     if isinstance(block := run_metrics.get("training"), Mapping):
         return _pick(block, _TOP | _CONVERGENCE)
     train = run_metrics.get("train")
@@ -115,7 +106,8 @@ def under_trained_flag(training: Training) -> str | None:
 
 
 def unknown_flag(training: Training) -> str | None:
-    """A note for runs without a convergence record (trained by an older version)."""
+    """A note for runs without a convergence record (no ``convergence`` block in their
+    train.json), or None when every run has one."""
     total = sum(len(seeds) for seeds in training.values())
     unknown = _runs(training, "unknown")
     if not unknown:

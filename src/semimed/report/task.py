@@ -16,6 +16,7 @@ from semimed import paths
 from semimed.config import TaskConfig
 from semimed.io import write_json_atomic
 from semimed.report import flags as rf
+from semimed.report.figures import plot_comparison, plot_training_curves
 from semimed.report.paired import task_section
 from semimed.report.records import (
     headline_metrics,
@@ -24,12 +25,11 @@ from semimed.report.records import (
     val_curve_records,
 )
 from semimed.report.tables import (
+    comparison_records,
     comparison_table,
     flat_metrics,
     gap_closed,
     per_class_table,
-    plot_comparison,
-    plot_training_curves,
     summarize,
 )
 from semimed.tasks import spec
@@ -68,7 +68,7 @@ def task_report(cfg: TaskConfig) -> TaskReport:
     runs = {
         m: {s: kept_metrics(d, keep, per_class) for s, d in per.items()} for m, per in files.items()
     }
-    training = {m: {s: rf.run_training(d) for s, d in per.items()} for m, per in files.items()}
+    training = {m: {s: rf.training_block(d) for s, d in per.items()} for m, per in files.items()}
     curves = {
         m: {s: read_val_curve(paths.live_dir(task, m, s), headline) for s in cfg.seeds}
         for m in cfg.methods
@@ -80,7 +80,8 @@ def task_report(cfg: TaskConfig) -> TaskReport:
     out = paths.REPORT
     write_json_atomic(paths.report_methods(task), method_records(runs, headline))
     write_json_atomic(paths.report_val_curves(task), val_curve_records(curves))
-    plot_comparison(summary, task, headline, out / f"{task}_comparison.png")
+    records = comparison_records(summary, task, headline)
+    plot_comparison(records, task, headline, out / f"{task}_comparison.png")
     named = {f"{m} s{s}": points for m, per in curves.items() for s, points in per.items()}
     plot_training_curves(
         named, out / f"{task}_training_curves.png", ylabel=f"validation {headline}"

@@ -4,8 +4,9 @@ The exported graph is the network alone, as `semimed.serving.model_folder.load_m
 the method's ``inference_model()`` (EMA teacher, averaged pair), LWN branches fused, eval
 mode. Input ``image`` (B, C, H, W) for classification or (B, C, X, Y, Z) patches of the
 card's ``inference.patch_size`` for segmentation (C: the card's ``in_channels``); output
-``logits`` (B, sum(task_sizes)) or (B, K, X, Y, Z), K classes. The batch axis is dynamic. Preprocessing, sliding windows and the
-inverse resampling stay outside: the copied ``model.json`` says what they are.
+``logits`` (B, sum(task_sizes)) or (B, K, X, Y, Z), K classes. The batch axis is dynamic.
+Preprocessing, sliding windows and the inverse resampling stay outside: the copied
+``model.json`` says what they are.
 
 ONNX uses the `torch.export`-based exporter when `onnxscript` is installed and the legacy
 TorchScript-based one (``dynamo=False``) otherwise. With `onnxruntime` installed, the export

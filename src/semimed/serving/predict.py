@@ -158,7 +158,8 @@ def predict(
     Classification -> ``output/predictions.csv`` (`csv_columns`); segmentation ->
     ``output/<id>.nii.gz`` label maps (+ ``<id>_probs.nii.gz`` (X, Y, Z, C) with
     `probabilities`); a model with C > 1 input channels reads one file per channel,
-    ``<id>_0000.nii.gz`` .. ``<id>_<C-1>.nii.gz``, in the first one's grid. Both write ``output/predictions.json`` (model, inputs, files), returned.
+    ``<id>_0000.nii.gz`` .. ``<id>_<C-1>.nii.gz``, in the first one's grid. Both write
+    ``output/predictions.json`` (model, inputs, files), returned.
     `task`: refuse a model of another task; `batch_size`: images (classification) or windows
     (segmentation) per forward, default the card's. Bad input: `PredictError`, nothing written."""
     if not isinstance(model, LoadedModel):

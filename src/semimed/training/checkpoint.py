@@ -1,7 +1,9 @@
 """Resumable checkpoints of one training run, written atomically.
 
-* ``last.pt``  resumable state (method, optimizer, schedule, step, best score, every random
-  state, the best weights so far, the DVCLive folder's files), in the run's scratch folder
+* ``last.pt``  resumable state (`semimed.training.state.Run.checkpoint_state`: method,
+  optimizer, schedule, step, best score, the best weights so far, the convergence tracker,
+  the DVCLive folder's files and, per process, every random state, the data stream's position
+  and the loss sums), in the run's scratch folder
 * ``<model_dir>/best.pt``  `inference_model()` weights at the best validation score
 
 A checkpoint resumes only if its fingerprint (params of this run, data, split and package

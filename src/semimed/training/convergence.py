@@ -88,8 +88,8 @@ def smoothed(scores: list[float], k: int) -> list[float]:
 @dataclass
 class Tracker:
     """Validation history, the stop rule's state and non-finite-step counts of one run
-    (resumable: its `state_dict` is plain numbers; the rule's state is replayed from the
-    history on load, so state dicts without it load too)."""
+    (resumable: its `state_dict` is plain numbers; `load_state_dict` replays the stop rule
+    over the saved history and reads only that and the skip counts)."""
 
     patience: int  # 0: never stops early (train.stop fixed, or patience 0)
     min_steps: int

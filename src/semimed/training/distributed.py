@@ -71,7 +71,8 @@ def processes(cfg: TaskConfig) -> Iterator[tuple[int, int, torch.device]]:
         dist.destroy_process_group()
 
 
-# DDP would copy rank 0's buffers at each forward pass (the keyword's name changed in 2.14)
+# DDP would copy rank 0's buffers at each forward pass: off, by the keyword this PyTorch's
+# DDP takes (``forward_sync_buffers`` where it has it, else ``broadcast_buffers``)
 _DDP = torch.nn.parallel.DistributedDataParallel
 _NO_FORWARD_BUFFER_SYNC = (
     {"forward_sync_buffers": False}

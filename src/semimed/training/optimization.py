@@ -108,9 +108,9 @@ def optimizer_step(
     the decision stays on the device. The fused kernels receive ``found_inf`` = 1 - finite and
     leave parameters, moments and step counts as they were when it is 1 (PyTorch's GradScaler
     protocol), and the return value is that 0-dim float tensor (1.0 applied, 0.0 skipped),
-    which the loop reads back only at its validation points: no host synchronisation in the
-    step. The first update always takes the host path: SGD's fused kernel would keep
-    momentum buffers it allocated but never wrote."""
+    which the loop reads back only at its validation and checkpoint points: no host
+    synchronisation in the step. The first update always takes the host path: SGD's fused
+    kernel would keep momentum buffers it allocated but never wrote."""
     opt.optimizer.zero_grad(set_to_none=True)
     opt.scaler.scale(loss).backward()
     finite = torch.isfinite(loss.detach()).float()

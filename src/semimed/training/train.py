@@ -3,9 +3,9 @@
 Methods only compute losses (`Method.training_step`); this loop owns everything else:
 optimizer and learning-rate schedule, mixed precision, gradient clipping (`optimizer_step`,
 which the benchmark calls too), EMA/teacher updates (via `on_step_end`), validation-based
-model selection, resumable checkpoints (`semimed.training.checkpoint`) and DVCLive logging. Device and
-random states come from `semimed.runtime`, several processes from `semimed.training.distributed`, the
-method from `semimed.build`.
+model selection, resumable checkpoints (`semimed.training.checkpoint`) and DVCLive logging.
+Device and random states come from `semimed.runtime`, several processes from
+`semimed.training.distributed`, the method from `semimed.build`.
 
 Files written for one (task, method, seed) run:
 
@@ -13,11 +13,13 @@ Files written for one (task, method, seed) run:
   validation history, a copy of the DVCLive folder); the stage keeps it in the ignored
   ``.scratch/`` folder, outside every DVC output, so the run cache stays on
 * ``<model_dir>/best.pt``  `inference_model()` weights at the best validation score
-* ``<model_dir>/train.json`` what happened (budget, best step, convergence diagnostics, time)
+* ``<model_dir>/train.json`` what happened (budget, best step, convergence diagnostics, time;
+  `semimed.training.record`)
 * ``<live_dir>/``          DVCLive metrics and plots (every loss term, lr, the val metric)
 
-Budget and early stopping: `semimed.training.convergence`. A step whose loss or gradients are not
-finite is skipped (counted, logged) and `train.max_nonfinite` of them in a row stop the run.
+Budget and early stopping: `semimed.training.convergence`. A step whose loss or gradients are
+not finite is skipped (counted, logged: `semimed.training.skips`) and `train.max_nonfinite` of
+them in a row stop the run.
 
 Resuming: DVC removes a stage's outputs before running it, the checkpoint survives in the
 scratch folder. Its fingerprint (params of this run, data, split and package source) decides:
@@ -31,7 +33,6 @@ is written atomically.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -47,10 +48,12 @@ from semimed.data.prefetch import Prefetcher
 from semimed.inference import validation_score
 from semimed.io import write_json_atomic
 from semimed.methods.losses import add_unsup_ratio
-from semimed.runtime import rng_state, seed_everything, set_rng_state
+from semimed.runtime import seed_everything
 from semimed.tasks import spec
-from semimed.training import checkpoint, convergence, distributed, speedups
+from semimed.training import checkpoint, convergence, distributed, record, speedups
 from semimed.training.optimization import make_optimization, optimizer_step
+from semimed.training.skips import count_skip
+from semimed.training.state import Run
 
 
 def train_run(
@@ -73,170 +76,91 @@ def train_run(
     params = build.method_params(cfg, method_cls)
     fp = checkpoint.fingerprint(cfg, method_name, params, seed, data_files)
     with distributed.processes(cfg) as (rank, world, device):
-        lead = rank == 0
-        state = checkpoint.load_checkpoint(last, fp, verbose=lead)
-        distributed.barrier(world)  # every process has read last.pt before rank 0 changes it
-        if lead:
-            checkpoint.rewind(model_dir, live_dir, state)
+        r = Run(cfg, method_name, seed, fp, model_dir, live_dir, last, rank, world, device)
+        state = _restore(r)
         if state is not None and "summary" in state:  # finished: its files are restored
-            if lead:
-                print(f"{cfg.task}/{method_name}/seed{seed}: trained already ({last})")
+            if r.lead:
+                print(f"{r.name}: trained already ({last})")
                 write_json_atomic(model_dir / "train.json", state["summary"])
             distributed.barrier(world)
             return state["summary"]
 
-        seed_everything(seed)
-        method = build.method_for_data(cfg, data, method_cls).to(device)
-        if rank:  # the same initial weights, but each process its own dropout masks
-            seed_everything(seed * 1_000_003 + rank)
-        batches = train_batches(data, cfg, build.stream_spec(method_cls), seed, device, rank, world)
-        if cfg.train.prefetch:
-            batches = Prefetcher(batches, cfg.train.prefetch)
-        if cfg.train.channels_last:
-            speedups.to_channels_last(method, data.spatial_dims)
-        if cfg.train.compile:
-            speedups.compile_networks(method)
-        steps = convergence.budget(cfg.train.steps, cfg.train.epochs, _pools(batches))
-        t = replace(cfg.train, steps=steps)
-        opt = make_optimization(method, t, device)  # the schedule spans the budget
-        tracker = convergence.Tracker.for_train(t)  # train.stop fixed: no early stop
-        start, best, best_weights, seconds = 0, {"score": -math.inf, "step": -1}, None, 0.0
-        sums: dict[str, torch.Tensor] = {}
+        _build(r, data, method_cls)
         if state is not None:
-            method.load_state_dict(state["method"])
-            opt.load_state_dict(state)
-            start, best, seconds = state["step"], state["best"], state["seconds"]
-            best_weights = state["best_weights"]
-            tracker.load_state_dict(state["tracker"])
-            mine = state["processes"][rank]
-            batches.load_state_dict(mine["stream"])
-            sums = {k: v.to(device) for k, v in mine["sums"].items()}
-            set_rng_state(mine["rng"], device)
-            if lead:
-                print(f"resuming {cfg.task}/{method_name}/seed{seed} from step {start}")
-        step_fn = distributed.step_function(method, device, world)
-        skips = _DeviceSkips()
-        run = f"{cfg.task}/{method_name}/seed{seed}"
-
-        metric = spec(cfg.task).headline
-        began = time.perf_counter()
+            r.load_state_dict(state)
+            if r.lead:
+                print(f"resuming {r.name} from step {r.step}")
+        step_fn = distributed.step_function(r.method, device, world)
+        r.began = time.perf_counter()
         live = None  # DVCLive: rank 0 only
-        if lead:
-            live = Live(str(live_dir), resume=start > 0, dvcyaml=False, save_dvc_exp=False)
-        done = start
-        first_step = None  # wall time of this process's first step (compilation included)
-
-        def summary(best: dict, elapsed: float) -> dict:  # train.json, and a finished last.pt
-            out = _summary(cfg, t, best, tracker, elapsed, fp)
-            out.update(method=method_name, seed=seed, device=_device(device, world))
-            if first_step is not None:
-                out["compile_first_step_seconds"] = round(first_step, 2)
-            return out
-
-        with live or contextlib.nullcontext(), contextlib.closing(batches):
-            bar = tqdm(
-                range(start, t.steps),
-                initial=start,
-                total=t.steps,
-                mininterval=2.0,
-                desc=run,
-                dynamic_ncols=True,
-                disable=not lead,
-            )
+        if r.lead:
+            live = Live(str(live_dir), resume=r.step > 0, dvcyaml=False, save_dvc_exp=False)
+        with live or contextlib.nullcontext(), contextlib.closing(r.batches):
+            bar = _progress(r)
             for step in bar:
-                method.train()
-                batch = next(batches)  # drawn and augmented outside autocast, in fp32
-                with opt.autocast():
+                r.method.train()
+                batch = next(r.batches)  # drawn and augmented outside autocast, in fp32
+                with r.opt.autocast():
                     terms = step_fn(batch, step)
-                stepped = optimizer_step(terms["loss"], opt, method, world)
-                if first_step is None and cfg.train.compile:
-                    first_step = time.perf_counter() - began
-                # A device flag (sync-free path): counted there; the step's work below runs
-                # and is weighted by it. A host bool: counted now; a skipped step ends here.
-                on_device = isinstance(stepped, torch.Tensor)
-                if on_device:
-                    skips.record(stepped, tracker.nonfinite_run)
-                else:
-                    _count_skip(tracker, stepped, step, run, cfg.task, t.max_nonfinite)
-                if on_device or stepped:
-                    method.update_applied = stepped if on_device else None
-                    method.on_step_end(step)
-                    add_unsup_ratio(terms)
-                    for k, v in terms.items():  # stays on the device: no sync every step
-                        v = v.detach().float()
-                        if on_device:  # a skipped step adds 0, as on the host path
-                            v = torch.where(stepped > 0, v, 0.0)
-                        sums[k] = sums.get(k, 0.0) + v
-                if step % 10 == 0 and lead and not opt.sync_free:
+                stepped = optimizer_step(terms["loss"], r.opt, r.method, world)
+                if r.first_step is None and cfg.train.compile:
+                    r.first_step = time.perf_counter() - r.began
+                _account(r, stepped, terms, step)
+                if step % 10 == 0 and r.lead and not r.opt.sync_free:
                     bar.set_postfix(
                         {k: f"{float(v.detach()):.3f}" for k, v in terms.items()}, refresh=False
                     )
 
-                done = step + 1
-                stop = False
-                at_eval = done % t.eval_every == 0 or done == t.steps
-                if at_eval or done % t.checkpoint_every == 0:  # host syncs here anyway
-                    skips.flush(tracker, done, run, cfg.task, t.max_nonfinite)
-                if at_eval:
-                    means = distributed.mean_over_processes(sums, world)
-                    sums = {}
-                    if lead:
-                        process.release_free_memory()  # the steps' kept blocks: not on top of it
-                        score = validation_score(method.inference_model(), data, cfg, device)
-                        live.step = done
-                        n = t.eval_every if done % t.eval_every == 0 else done % t.eval_every
-                        for k, v in means.items():
-                            live.log_metric(f"train/{k}", v / n)
-                        live.log_metric("train/lr", opt.scheduler.get_last_lr()[0])
-                        if tracker.nonfinite:
-                            live.log_metric("train/skipped_steps", tracker.nonfinite)
-                        live.log_metric(f"val/{metric}", score)
-                        live.make_summary()
-                        if score > best["score"]:
-                            best = {"score": score, "step": done}
-                            best_weights = checkpoint.cpu_copy(
-                                method.inference_model().state_dict()
-                            )
-                            checkpoint.save(best_weights, model_dir / "best.pt")
-                        stop = tracker.validated(done, score)
-                    stop = tracker.stopped = distributed.gather(stop, world)[0]  # rank 0's call
-                finished = stop or done == t.steps
-                if done % t.checkpoint_every == 0 or finished:
-                    processes = distributed.gather(
-                        {
-                            "rng": rng_state(device),
-                            "stream": batches.state_dict(),
-                            "sums": {k: v.cpu() for k, v in sums.items()},
-                        },
-                        world,
-                    )
-                    if lead:
-                        elapsed = seconds + time.perf_counter() - began
-                        ckpt = {
-                            "fingerprint": fp,
-                            "step": done,
-                            "best": best,
-                            "best_weights": best_weights,
-                            "seconds": elapsed,
-                            "tracker": tracker.state_dict(),
-                            "live": checkpoint.snapshot(live_dir),
-                            "method": method.state_dict(),
-                            **opt.state_dict(),
-                            "processes": processes,
-                        }
-                        if finished:  # a finished run restores from its checkpoint alone
-                            ckpt["summary"] = summary(best, elapsed)
-                        checkpoint.save(ckpt, last)
+                r.step = done = step + 1
+                at_eval = done % r.t.eval_every == 0 or done == r.t.steps
+                if at_eval or done % r.t.checkpoint_every == 0:  # host syncs here anyway
+                    r.skips.flush(r.tracker, done, r.name, cfg.task, r.t.max_nonfinite)
+                stop = at_eval and _validate(r, data, live)
+                finished = stop or done == r.t.steps
+                if done % r.t.checkpoint_every == 0 or finished:
+                    _save_last(r, finished)
                 if finished:
                     break
-        best = distributed.gather(best, world)[0]  # rank 0 validated
-        result = summary(best, seconds + time.perf_counter() - began)
-        if lead:
+        best = distributed.gather(r.best, world)[0]  # rank 0 validated
+        result = _summary(r, best, r.seconds + time.perf_counter() - r.began)
+        if r.lead:
             write_json_atomic(model_dir / "train.json", result)
-            if tracker.stopped:
-                print(f"{run}: stopped early at step {done} (train.patience)")
+            if r.tracker.stopped:
+                print(f"{r.name}: stopped early at step {r.step} (train.patience)")
         distributed.barrier(world)
         return result
+
+
+def _restore(r: Run) -> dict | None:
+    """The checkpoint at `r.last` if it matches the run (None: start afresh); rank 0 makes
+    the run's folders match it (`checkpoint.rewind`)."""
+    state = checkpoint.load_checkpoint(r.last, r.fp, verbose=r.lead)
+    distributed.barrier(r.world)  # every process has read last.pt before rank 0 changes it
+    if r.lead:
+        checkpoint.rewind(r.model_dir, r.live_dir, state)
+    return state
+
+
+def _build(r: Run, data: TaskData, method_cls) -> None:
+    """The run's method on its device, batch stream, optional speed-ups, budget, optimization
+    over that budget and convergence tracker."""
+    cfg, seed = r.cfg, r.seed
+    seed_everything(seed)
+    r.method = build.method_for_data(cfg, data, method_cls).to(r.device)
+    if r.rank:  # the same initial weights, but each process its own dropout masks
+        seed_everything(seed * 1_000_003 + r.rank)
+    stream = build.stream_spec(method_cls)
+    r.batches = train_batches(data, cfg, stream, seed, r.device, r.rank, r.world)
+    if cfg.train.prefetch:
+        r.batches = Prefetcher(r.batches, cfg.train.prefetch)
+    if cfg.train.channels_last:
+        speedups.to_channels_last(r.method, data.spatial_dims)
+    if cfg.train.compile:
+        speedups.compile_networks(r.method)
+    steps = convergence.budget(cfg.train.steps, cfg.train.epochs, _pools(r.batches))
+    r.t = replace(cfg.train, steps=steps)
+    r.opt = make_optimization(r.method, r.t, r.device)  # the schedule spans the budget
+    r.tracker = convergence.Tracker.for_train(r.t)  # train.stop fixed: no early stop
 
 
 def _pools(batches) -> list[tuple[int, int]]:
@@ -245,78 +169,100 @@ def _pools(batches) -> list[tuple[int, int]]:
     return [(s.n, s.size) for s in streams if s is not None]
 
 
-def _count_skip(tracker, stepped: bool, step: int, run: str, task: str, limit: int) -> None:
-    """Count a skipped update; stop the run after `limit` in a row (`train.max_nonfinite`)."""
-    streak = tracker.skipped(not stepped)
-    if not stepped:
-        print(f"warning: {run}: non-finite loss or gradients at step {step + 1}; update skipped")
-    _stop_if(streak, limit, step + 1, run, task)
+def _progress(r: Run) -> tqdm:
+    """The steps left, as a progress bar (rank 0's shown)."""
+    return tqdm(
+        range(r.step, r.t.steps),
+        initial=r.step,
+        total=r.t.steps,
+        mininterval=2.0,
+        desc=r.name,
+        dynamic_ncols=True,
+        disable=not r.lead,
+    )
 
 
-def _stop_if(streak: int, limit: int, step: int, run: str, task: str) -> None:
-    if streak >= limit:
-        raise RuntimeError(
-            f"{run}: {streak} steps in a row with a non-finite loss or gradients (up to step "
-            f"{step}); stopping. Lower {task}.train.lr, set {task}.train.grad_clip, or "
-            "check the data for NaN"
-        )
+def _account(r: Run, stepped: bool | torch.Tensor, terms: dict, step: int) -> None:
+    """After `optimizer_step`: count a skipped update, run the method's end-of-step hook and
+    add the step's loss terms to `r.sums` (on the device: no sync every step).
+
+    A device flag (sync-free path) is counted there; the hook and the sums run, weighted by
+    it. A host bool is counted now; a skipped step ends here."""
+    on_device = isinstance(stepped, torch.Tensor)
+    if on_device:
+        r.skips.record(stepped, r.tracker.nonfinite_run)
+    else:
+        count_skip(r.tracker, stepped, step, r.name, r.cfg.task, r.t.max_nonfinite)
+    if not (on_device or stepped):
+        return
+    r.method.update_applied = stepped if on_device else None
+    r.method.on_step_end(step)
+    add_unsup_ratio(terms)
+    for k, v in terms.items():
+        v = v.detach().float()
+        if on_device:  # a skipped step adds 0, as on the host path
+            v = torch.where(stepped > 0, v, 0.0)
+        r.sums[k] = r.sums.get(k, 0.0) + v
 
 
-class _DeviceSkips:
-    """Updates skipped on the device (`optimizer_step`'s sync-free path), counted there: one
-    tensor (skipped so far, skipped in a row now, longest run in a row) that `flush` reads back
-    into the `Tracker` at the loop's validation and checkpoint points. A run of
-    `train.max_nonfinite` skips therefore stops the run at the next such point."""
-
-    def __init__(self) -> None:
-        self.state = None
-
-    def record(self, applied: torch.Tensor, run_before: int) -> None:
-        """Count one step; `applied` is 1.0 or 0.0 (0-dim, on the device)."""
-        if self.state is None:  # carries the tracker's run in a row (host steps, resumes)
-            self.state = applied.new_tensor([0.0, run_before, run_before])
-        skipped = 1.0 - applied
-        self.state[0] += skipped
-        self.state[1].add_(1.0).mul_(skipped)
-        torch.maximum(self.state[2], self.state[1], out=self.state[2])
-
-    def flush(self, tracker, step: int, run: str, task: str, limit: int) -> None:
-        """Add the skips since the last flush to `tracker`; warn; stop after `limit` in a row."""
-        if self.state is None:
-            return
-        skipped, in_a_row, longest = (int(v) for v in self.state.tolist())
-        self.state = None
-        tracker.nonfinite += skipped
-        tracker.nonfinite_run = in_a_row
-        if skipped:
-            print(
-                f"warning: {run}: {skipped} update(s) skipped (non-finite loss or gradients) "
-                f"by step {step}"
-            )
-        _stop_if(longest, limit, step, run, task)
+def _validate(r: Run, data: TaskData, live: Live | None) -> bool:
+    """Rank 0 validates, logs to DVCLive and saves best.pt on a new best score; True (on every
+    process) when early stopping says stop now."""
+    means = distributed.mean_over_processes(r.sums, r.world)
+    r.sums = {}
+    stop = False
+    if r.lead:
+        process.release_free_memory()  # the steps' kept blocks: not on top of it
+        score = validation_score(r.method.inference_model(), data, r.cfg, r.device)
+        _log(r, live, means, score)
+        if score > r.best["score"]:
+            r.best = {"score": score, "step": r.step}
+            r.best_weights = checkpoint.cpu_copy(r.method.inference_model().state_dict())
+            checkpoint.save(r.best_weights, r.model_dir / "best.pt")
+        stop = r.tracker.validated(r.step, score)
+    stop = r.tracker.stopped = distributed.gather(stop, r.world)[0]  # rank 0's call
+    return stop
 
 
-def _device(device: torch.device, world: int) -> str:
-    return str(device) if world == 1 else f"{world} x {device.type}"
+def _log(r: Run, live: Live, means: dict[str, float], score: float) -> None:
+    """One DVCLive row at `r.step`: the mean of each loss term since the last validation, the
+    learning rate, the skipped steps so far (if any) and the validation score."""
+    done, every = r.step, r.t.eval_every
+    live.step = done
+    n = every if done % every == 0 else done % every  # steps since the last validation
+    for k, v in means.items():
+        live.log_metric(f"train/{k}", v / n)
+    live.log_metric("train/lr", r.opt.scheduler.get_last_lr()[0])
+    if r.tracker.nonfinite:
+        live.log_metric("train/skipped_steps", r.tracker.nonfinite)
+    live.log_metric(f"val/{spec(r.cfg.task).headline}", score)
+    live.make_summary()
 
 
-def _summary(cfg, t, best: dict, tracker, seconds: float, fp: str) -> dict:
-    """train.json: what happened in one run (see `semimed.training.convergence` for the diagnostics);
-    `method`, `seed` and `device` are filled in by `train_run`'s ``summary``."""
-    metric = spec(cfg.task).headline
-    done = tracker.history[-1][0] if tracker.history else 0
-    return {
-        "task": cfg.task,
-        "method": None,
-        "seed": None,
-        "steps": done,
-        "max_steps": cfg.train.steps,
-        "budget_steps": t.steps,
-        "last_step": done,
-        f"best_val_{metric}": round(best["score"], 6),
-        "best_step": best["step"],
-        "convergence": tracker.report(done),
-        "seconds": round(seconds, 1),
-        "device": None,
-        "fingerprint": fp,
-    }
+def _save_last(r: Run, finished: bool) -> None:
+    """Write last.pt (rank 0) with every process's share (`Run.process_state`); a finished
+    run's also holds its summary, from which the run restores alone."""
+    processes = distributed.gather(r.process_state(), r.world)
+    if not r.lead:
+        return
+    elapsed = r.seconds + time.perf_counter() - r.began
+    ckpt = r.checkpoint_state(processes, elapsed)
+    if finished:
+        ckpt["summary"] = _summary(r, r.best, elapsed)
+    checkpoint.save(ckpt, r.last)
+
+
+def _summary(r: Run, best: dict, elapsed: float) -> dict:
+    """train.json (`semimed.training.record.summary`), also a finished last.pt's summary."""
+    return record.summary(
+        r.cfg,
+        r.t,
+        best,
+        r.tracker,
+        elapsed,
+        r.fp,
+        method=r.method_name,
+        seed=r.seed,
+        device=r.device_name,
+        first_step=r.first_step,
+    )

@@ -3,6 +3,7 @@ transforms, split by job as MONAI splits functional / array / dictionary:
 
 - `kernels`: the functional tensor kernels (noise, blur, boxes, window shuffles, fan-sector
   gain), plain functions on batches `(B, C, H, W[, D])` with the parameters passed in;
+- `base`: the base of the strong-view operations (`_BatchRandOpd`) and `MAX_SEED`;
 - `dictionary`: the batched MONAI dictionary transforms (`MapTransform` + `Randomizable`) that
   draw per-image parameters and apply the kernels: `BatchRandAffined`, `BatchRandIntensityd`,
   `BatchRandSomeOfd` and `BatchByInputKindd` (with `input_kind`);
@@ -13,13 +14,13 @@ transforms, split by job as MONAI splits functional / array / dictionary:
   `strong_augment`, `STRONG_OPS`, `seed_transform`);
 - `perturb`: the deterministic robustness perturbations (`perturb`, `PERTURBATIONS`).
 
-Imports run one way: policies -> ops / dictionary -> kernels (ops takes `MAX_SEED` from
-dictionary), and perturb -> kernels. The names
-below are re-exported so that `from semimed.transforms import ...` keeps working.
+Imports run one way: policies -> ops / dictionary -> base and kernels (two leaves), and
+perturb -> kernels. The names below are re-exported so that `from semimed.transforms import
+...` keeps working.
 """
 
+from semimed.transforms.base import MAX_SEED
 from semimed.transforms.dictionary import (
-    MAX_SEED,
     BatchByInputKindd,
     BatchRandAffined,
     BatchRandIntensityd,

@@ -1,40 +1,33 @@
 """Batched MONAI dictionary transforms: random warps and intensity changes, each acting on a
 whole batch with per-image random parameters, and the combinators of the strong views.
 
-Semi-supervised methods need two views of every unlabeled image on every step. MONAI's
-per-sample random transforms cost 1.4 ms (affine) to 2.8 ms (affine + intensity) per 64x64
-image on a 2-core CPU -- about 0.3 s per FixMatch step at batch 32 with mu=2, more than the
-network itself. These transforms keep MONAI's interface (`MapTransform` on fixed keys,
-`Randomizable` with `set_random_state`) but act on whole batches `(B, C, H, W[, D])` on the
-training device, so each image still gets its own random parameters at a fraction of the
-cost (~3 ms for 96 images).
+Semi-supervised methods need two views of every unlabeled image on every step; MONAI's
+per-sample random transforms run one image at a time. These transforms keep MONAI's
+interface (`MapTransform` on fixed keys, `Randomizable` with `set_random_state`) but act on
+whole batches `(B, C, H, W[, D])` on the training device, so each image still gets its own
+random parameters from one vectorised call.
 
 Randomness comes from the transform's own `numpy.random.RandomState` (`self.R`), seeded by
 the training loop, so runs are reproducible.
 
-The strong-view operations (`_BatchRandOpd`, in `transforms.ops`) draw their parameters
-(`randomize`) apart from applying them (`apply`, on the kernels of `transforms.kernels`);
-`BatchRandSomeOfd` gives each image a random subset of the operations, and
-`BatchByInputKindd` picks a transform by the input kind of the batch (`input_kind`).
+The strong-view operations (`_BatchRandOpd`, in `transforms.base` and `transforms.ops`) draw
+their parameters (`randomize`) apart from applying them (`apply`, on the kernels of
+`transforms.kernels`); `BatchRandSomeOfd` gives each image a random subset of the operations,
+and `BatchByInputKindd` picks a transform by the input kind of the batch (`input_kind`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, Randomizable
 
+from semimed.transforms.base import MAX_SEED, _BatchRandOpd
 from semimed.transforms.kernels import _add_noise, _blur_per_sample, _per_image
-
-if TYPE_CHECKING:  # ops imports MAX_SEED from here; the annotation needs no import at run time
-    from semimed.transforms.ops import _BatchRandOpd
-
-MAX_SEED = 2**31 - 1
 
 
 class BatchRandAffined(Randomizable, MapTransform):
@@ -226,8 +219,8 @@ class BatchByInputKindd(Randomizable, MapTransform):
     frames, colour images and volumes; the kind is read from the tensor at each call.
 
     Every child gets the seed this transform gets (`set_random_state`), so a child draws
-    exactly what it would draw in place of this transform: the echo view's random stream is
-    the one it had before colour and volume inputs came.
+    exactly what it would draw in place of this transform: a grey 2D batch gets the same
+    random stream as from the echo transform alone.
     """
 
     def __init__(self, keys, by_kind: Mapping[str, Randomizable]):

@@ -1,21 +1,20 @@
 """Per-image random operations of the strong views, as batched MONAI dictionary transforms.
 
-Each operation (`_BatchRandOpd`) changes each image of a batch `(B, C, H, W[, D])` with its
-own random parameters: it draws them (`randomize`, from the transform's own
-`numpy.random.RandomState` `self.R`) apart from applying them (`apply`, on the kernels of
-`transforms.kernels`, which `perturb` runs too). `BatchRandSomeOfd` (`transforms.dictionary`)
-gives each image a random subset of them.
+Each operation (a `_BatchRandOpd`, `transforms.base`) changes each image of a batch
+`(B, C, H, W[, D])` with its own random parameters: it draws them (`randomize`, from the
+transform's own `numpy.random.RandomState` `self.R`) apart from applying them (`apply`, on the
+kernels of `transforms.kernels`, which `perturb` runs too). `BatchRandSomeOfd`
+(`transforms.dictionary`) gives each image a random subset of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform, Randomizable
 
-from semimed.transforms.dictionary import MAX_SEED
+from semimed.transforms.base import _BatchRandOpd
 from semimed.transforms.kernels import (
     FAN_HALF_ANGLE,
     _add_noise,
@@ -29,50 +28,6 @@ from semimed.transforms.kernels import (
     _shuffle_windows,
     _shuffle_windows_nd,
 )
-
-
-class _BatchRandOpd(Randomizable, MapTransform):
-    """Base of the strong-view operations: each image of a batch (B, C, H, W[, D]) is changed
-    with probability `prob`, with its own parameters (shared by its channels).
-
-    Subclasses draw parameters for every image (`randomize`: arrays whose first axis is B,
-    drawn whether or not the image is selected, so the draws do not depend on the selection)
-    and apply them deterministically (`apply`, on the helpers that `perturb` uses too).
-    `transform(x, on)` lets `BatchRandSomeOfd` choose the images instead of `prob`.
-    """
-
-    def __init__(self, keys: Sequence[Hashable], prob: float):
-        MapTransform.__init__(self, keys)
-        self.prob = prob
-
-    def randomize(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def apply(self, x: torch.Tensor, params: dict, gen: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
-
-    def transform(self, x: torch.Tensor, on: np.ndarray | None = None) -> torch.Tensor:
-        """Change the images of x where `on` (B,) is true (default: each with `prob`)."""
-        if on is None:
-            on = self.R.uniform(size=x.shape[0]) < self.prob
-        params = self.randomize(x)
-        gen = torch.Generator(device=x.device).manual_seed(int(self.R.randint(MAX_SEED)))
-        idx = np.flatnonzero(on)
-        if idx.size == 0:
-            return x
-        if idx.size == len(on):
-            return self.apply(x.float(), params, gen).to(x.dtype)
-        sel = torch.as_tensor(idx, device=x.device)
-        out = x.clone()
-        sub = {k: v[idx] for k, v in params.items()}
-        out[sel] = self.apply(x[sel].float(), sub, gen).to(x.dtype)
-        return out
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
 
 
 class BatchRandCutoutd(_BatchRandOpd):
@@ -95,9 +50,9 @@ class BatchRandCutoutd(_BatchRandOpd):
 
 
 class BatchRandNoiseInpaintd(_BatchRandOpd):
-    """Noise in-painting (seed 000): one random box per image is replaced by Gaussian noise
-    with the box's own mean and standard deviation, clipped to [0, 1], so the patch keeps its
-    brightness and texture energy but loses its structure.
+    """Noise in-painting (the lightweight echo SSL model (TMED-2 view/AS)): one random box per
+    image is replaced by Gaussian noise with the box's own mean and standard deviation, clipped
+    to [0, 1], so the patch keeps its brightness and texture energy but loses its structure.
 
     Args:
         size: (min, max) box side as a fraction of each image side, drawn per axis.
@@ -122,10 +77,10 @@ class BatchRandNoiseInpaintd(_BatchRandOpd):
 
 
 class BatchRandLocalShuffled(_BatchRandOpd):
-    """Local pixel shuffling (Models Genesis, Zhou et al., MICCAI 2019; seed 000): each image
-    is tiled by square windows of a random side, at a random grid offset, and the pixels of a
-    `fraction` of the windows are permuted. Coarse anatomy survives; texture and thin edges
-    (leaflets) are scrambled within a few pixels.
+    """Local pixel shuffling (Models Genesis, Zhou et al., MICCAI 2019; used by the lightweight
+    echo SSL model (TMED-2 view/AS)): each image is tiled by square windows of a random side, at
+    a random grid offset, and the pixels of a `fraction` of the windows are permuted. Coarse
+    anatomy survives; texture and thin edges (leaflets) are scrambled within a few pixels.
 
     Models Genesis shuffles 3D CT sub-volumes; volumes get cubic windows here.
 
@@ -181,8 +136,8 @@ class BatchRandSignalDropoutd(_BatchRandOpd):
 
 class BatchRandBrightnessd(_BatchRandOpd):
     """Brightness as scanner gain: each image is multiplied by U(1 - b, 1 + b) and clipped to
-    [0, 1], so the black background outside the fan stays black (seed 000: ColorJitter
-    brightness 0.5). Shapes: (B, C, H, W[, D])."""
+    [0, 1], so the black background outside the fan stays black (the lightweight echo SSL
+    model (TMED-2 view/AS): ColorJitter brightness 0.5). Shapes: (B, C, H, W[, D])."""
 
     def __init__(self, keys: Sequence[Hashable], brightness: float = 0.5, prob: float = 0.5):
         super().__init__(keys, prob)
@@ -196,8 +151,9 @@ class BatchRandBrightnessd(_BatchRandOpd):
 
 
 class BatchRandGaussianBlurd(_BatchRandOpd):
-    """Gaussian blur with sigma ~ U(sigma) pixels per image (seed 000: sigma 0.1-2 on 112 px
-    frames). Replicate padding: the image mean is kept up to border effects.
+    """Gaussian blur with sigma ~ U(sigma) pixels per image (the lightweight echo SSL model
+    (TMED-2 view/AS): sigma 0.1-2 on 112 px frames). Replicate padding: the image mean is kept
+    up to border effects.
     Shapes: (B, C, H, W[, D])."""
 
     def __init__(self, keys: Sequence[Hashable], sigma=(0.1, 1.5), prob: float = 0.5):

@@ -38,8 +38,8 @@ PERTURBATIONS = tuple(_PERTURB)
 
 
 def perturb(images: torch.Tensor, kind: str, strength: float, seed: int = 0) -> torch.Tensor:
-    """Deterministic corruption of echo frames for the robustness sweep (seed 000's
-    robustness test: accuracy under increasing perturbation).
+    """Deterministic corruption of echo frames for the robustness sweep (the robustness test
+    of the lightweight echo SSL model (TMED-2 view/AS): accuracy under rising perturbation).
 
     Strength 0 returns the images unchanged, 1 is severe:
         noise:    additive Gaussian noise, sigma = 0.3 * strength, clipped to [0, 1];

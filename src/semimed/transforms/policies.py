@@ -11,12 +11,12 @@ the same geometry, and intensity changes are drawn per image:
 | colour 2D (B, C>1, H, W): ISIC, Derma/BloodMNIST | as grey (`flip=0.5` for orientation-free images) | colour ops: the echo ops less signal dropout, plus colour jitter (saturation, per-channel gain) |
 | volume (B, C, D, H, W): MedMNIST 3D | as grey, rotating in the (H, W) plane only | volume ops: in-painting, local shuffle and cutout with cubic boxes, contrast, brightness, blur, Gaussian noise |
 
-Echo strong view (seed 000, the lightweight TMED-2 SSL model): noise in-painting, local pixel
-shuffle, cutout, ultrasound signal dropout, brightness and Gaussian blur, of which each image
-gets a random subset (`BatchRandSomeOfd`). Each operation draws its parameters (`randomize`)
-apart from applying them (`apply`); `perturb` calls the same code at a fixed strength for the
-robustness sweep. The grey 2D views draw exactly what they drew before colour and volume
-inputs were supported.
+Echo strong view (the lightweight echo SSL model (TMED-2 view/AS)): noise in-painting, local
+pixel shuffle, cutout, ultrasound signal dropout, brightness and Gaussian blur, of which each
+image gets a random subset (`BatchRandSomeOfd`). Each operation draws its parameters
+(`randomize`) apart from applying them (`apply`); `perturb` calls the same code at a fixed
+strength for the robustness sweep. A grey 2D batch draws the same random numbers as the echo
+transforms alone would (`BatchByInputKindd` seeds every input kind's child alike).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import math
 
 from monai.transforms import Compose
 
+from semimed.transforms.base import _BatchRandOpd
 from semimed.transforms.dictionary import (
     BatchByInputKindd,
     BatchRandAffined,
@@ -41,10 +42,10 @@ from semimed.transforms.ops import (
     BatchRandLocalShuffled,
     BatchRandNoiseInpaintd,
     BatchRandSignalDropoutd,
-    _BatchRandOpd,
 )
 
-ECHO_ROTATE = math.radians(15)  # max rotation of echo views (seed 000: RandomRotation(15))
+# max rotation of echo views (the lightweight echo SSL model (TMED-2 view/AS): RandomRotation(15))
+ECHO_ROTATE = math.radians(15)
 
 
 def _structure_ops(keys) -> list[_BatchRandOpd]:
@@ -108,9 +109,10 @@ def _classification_warp(keys, label_keys=(), flip: float = 0.0) -> BatchRandAff
 def weak_augment(task: str, keys=("image",), label_keys=(), flip: float = 0.0) -> Compose:
     """Weak view.
 
-    Classification, every input kind: rotation up to 15 deg (seed 000), shift up to 8 % and
-    zoom +-10 %, one warp per image shared by its channels; volumes (B, C, D, H, W) rotate in
-    the (H, W) plane only (patients lie on the table: roll, not tilt). No flips by default:
+    Classification, every input kind: rotation up to 15 deg (as the lightweight echo SSL model
+    (TMED-2 view/AS)), shift up to 8 % and zoom +-10 %, one warp per image shared by its
+    channels; volumes (B, C, D, H, W) rotate in the (H, W) plane only (patients lie on the
+    table: roll, not tilt). No flips by default:
     in echo, upside-down flips put the apex at the bottom, and left-right flips swap the sides
     of the screen on which each chamber is shown -- view-specific under the usual display
     convention, which the classifier should be able to rely on (the synthetic set mirrors 25 %
@@ -127,11 +129,11 @@ def weak_augment(task: str, keys=("image",), label_keys=(), flip: float = 0.0) -
 def strong_augment(
     task: str, keys=("image",), flip: float = 0.0, unit_range: bool = True
 ) -> Compose:
-    """Strong view. Classification: an independent weak-view warp, then, as in seed 000's
-    code, each image with probability 0.5 gets k ~ U{1..n} distinct operations of the set for
-    its input kind (`STRONG_OPS`), each with its own parameters (REFERENCES paraphrases this
-    as "1..n of them, each with p=0.5"): echo operations for grey frames, colour operations
-    for colour images, volume operations for volumes. Segmentation: intensity changes and
+    """Strong view. Classification: an independent weak-view warp, then, as in the code of
+    the lightweight echo SSL model (TMED-2 view/AS), each image with probability 0.5 gets
+    k ~ U{1..n} distinct operations of the set for its input kind (`STRONG_OPS`), each with its
+    own parameters: echo operations for grey frames, colour operations for colour images,
+    volume operations for volumes. Segmentation: intensity changes and
     noise only (spatially aligned with the weak view); `unit_range` false for z-scored volumes
     (`BatchRandIntensityd`)."""
     if task == "classification":

@@ -9,9 +9,9 @@ Layout under `data.root` (as the release unpacks)::
     <tmed2.unlabeled_dirs>/**/*.png   frames without labels: the unlabeled pool
 
 Targets: `view` (PLAX, PSAX, A4C, A2C, A4CorA2CorOther) and `severity`, the 3 ordinal AS
-levels used with TMED-2 (seed 000): no_AS; mild_AS (mild and mild-to-moderate); severe_AS (moderate
-and severe). Group = `patient_id` if the CSV has it, else the study id
-(`query_key.split('_')[0]`). With `split.official` the primary target's
+levels of the lightweight echo SSL model (TMED-2 view/AS): no_AS; mild_AS (mild and
+mild-to-moderate); severe_AS (moderate and severe). Group = `patient_id` if the CSV has it,
+else the study id (`query_key.split('_')[0]`). With `split.official` the primary target's
 `<view|diagnosis>_classifier_split` column gives train/val/test. An empty label cell is an
 unknown label: a row without a label for one of the learned targets joins the unlabeled pool.
 """

@@ -99,16 +99,16 @@ class FreeMatch(EvaluatesEMA):
 
     @dataclass(frozen=True)
     class Params(Checked):
-        # EMA momentum m of tau, p_t and h_t
-        momentum: Annotated[float, Range(ge=0, lt=1)] = 0.999
+        # EMA momentum m of tau, p_t and h_t (paper: 0.999)
+        momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99
         # weight w_u of the masked pseudo-label CE
         lambda_u: Annotated[float, Range(ge=0)] = 1.0
         # weight w_f of the self-adaptive fairness term
         lambda_f: Annotated[float, Range(ge=0)] = 0.01
         # Fix-A-Step: drop the unlabeled terms when gradients conflict
         gate: Annotated[bool, OneOf(True, False)] = False
-        # decay of the evaluated EMA model; 0 = no EMA
-        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.999
+        # decay of the evaluated EMA model; 0 = no EMA (paper: 0.999)
+        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.99
 
     intrinsic_why = "as FixMatch; the Fix-A-Step gate adds two backward passes"
 

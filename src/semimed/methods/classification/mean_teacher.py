@@ -8,8 +8,9 @@ one student pass, so BatchNorm normalises the mixed batch, as in the paper's cod
 Defaults. ``consistency`` = 50 is USB's classic-CV Mean Teacher weight (Wang et al., NeurIPS
 2022, ``ulb_loss_ratio: 50``) for the same softmax-MSE averaged over classes and samples; the
 paper used 100 with that normalisation on CIFAR-10 and found results flat across roughly
-10-100 in its SVHN ablation (Fig. 4). The 3D segmentation Mean Teacher uses 0.1 instead
-(SSL4MIS): voxel-wise terms over many voxels are another scale. ``rampup`` = 0.4 is USB's
+10-100 in its SVHN ablation (Fig. 4). The 3D segmentation Mean Teacher uses weight 1 on the
+squared distance summed over classes instead (``segmentation/mean_teacher.py``): voxel-wise
+terms are another scale. ``rampup`` = 0.4 is USB's
 ``unsup_warm_up`` with the paper's sigmoid ramp. ``ema_decay`` = 0.99 is the paper's ramp-up
 value (0.999 after it) and suits our short runs.
 """

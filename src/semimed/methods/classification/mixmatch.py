@@ -24,9 +24,9 @@ Choices here:
   matches evaluation data better than the mixed batch alone.
 * Both guessed views are WEAK draws, as in the paper (USB's MixMatch guesses from its weak and
   its strong view); a test checks which keys are read.
-* ``lambda_u`` ramps up linearly over ``rampup * total_steps`` steps (the paper: 16k of ~1M
-  steps; USB: 0.4 of training). An EMA of the student (the paper's 0.999) is evaluated, as in
-  ``fixmatch.py``.
+* ``lambda_u`` (3 by default; the paper: 75) ramps up linearly over ``rampup * total_steps``
+  steps (0.4 of training by default, as USB; the paper: 16k of ~1M steps). An EMA of the
+  student (decay 0.99 by default; the paper's 0.999) is evaluated, as in ``fixmatch.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from torch import Tensor
 
 from semimed.config.checks import Checked, Range
 from semimed.methods.base import EvaluatesEMA
-from semimed.methods.losses import linear_rampup, mixup, sharpen
+from semimed.methods.classification.losses import mixup, sharpen
+from semimed.methods.losses import linear_rampup
 
 
 class MixMatch(EvaluatesEMA):
@@ -57,12 +58,12 @@ class MixMatch(EvaluatesEMA):
         temperature: Annotated[float, Range(gt=0, le=1)] = 0.5
         # Beta(alpha, alpha) of the MixUp coefficient; 0 = no MixUp
         alpha: Annotated[float, Range(ge=0)] = 0.75
-        # final weight of the L2 unsupervised term
-        lambda_u: Annotated[float, Range(ge=0)] = 75.0
-        # share of total_steps over which lambda_u ramps up
-        rampup: Annotated[float, Range(ge=0, le=1)] = 0.016
-        # decay of the evaluated EMA model; 0 = no EMA
-        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.999
+        # final weight of the L2 unsupervised term (paper: 75)
+        lambda_u: Annotated[float, Range(ge=0)] = 3.0
+        # share of total_steps over which lambda_u ramps up (USB: 0.4)
+        rampup: Annotated[float, Range(ge=0, le=1)] = 0.4
+        # decay of the evaluated EMA model; 0 = no EMA (paper: 0.999)
+        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.99
 
     intrinsic_why = "no-grad guess on both weak views, then one pass over the mixed batch"
 

@@ -1,8 +1,8 @@
 """SimCLR: contrastive pretraining of the backbone, then a linear probe on frozen features.
 
 Chen, Kornblith, Norouzi & Hinton, "A Simple Framework for Contrastive Learning of Visual
-Representations" (ICML 2020), as used by seed 001 (REFERENCES): one run of ``total_steps``
-holds both phases.
+Representations" (ICML 2020), as used by the SimCLR multi-task echo model (RHD): one run of
+``total_steps`` holds both phases.
 
 Phase 1, pretraining on every train image (labels hidden, ``unlabeled_pool = "all"``):
 
@@ -13,7 +13,7 @@ out (paper: 512 -> 512 -> 128 on ResNet features), owned by this method and drop
 Phase 2, linear probe: ``loss = CE(net.head(h(x_lb)), y_lb)`` with h frozen (features under
 no_grad, backbone in eval mode so BatchNorm statistics and dropout are fixed).
 
-Switch (seed 001 early-stops on the epoch's mean contrastive loss, patience 5): the mean
+Switch (the RHD model early-stops on the epoch's mean contrastive loss, patience 5): the mean
 contrastive loss of each window of ``window`` steps must beat the best window so far by
 ``min_delta``; after ``patience`` windows without that the probe starts one step later (the
 step after next, so that the loop's schedule, computed before ``on_step_end``, knows it in
@@ -30,15 +30,11 @@ Learning rate: each phase replays the loop's whole schedule (``train.warmup_step
 then ``train.schedule`` decay) compressed onto its own steps (``lr_factor``): pretraining over
 its planned ``ceil(max_pretrain_fraction * total_steps)`` steps, the probe over the steps that
 remain, so the probe gets its own warm-up and peak rate (the loop's ``LambdaLR`` asks
-``method.lr_factor(step, schedule)``; other methods return ``schedule(step)``). The global
-schedule used before gave the probe the cosine tail (300 steps, warm-up 20, switch at 70 %:
-from 0.23 of the peak rate down to 0). No probe loss scale: Adam's steps do not depend on the
-loss scale. Measured on the default echo data before this change (seed 0, 300 steps): the
-probe reached 0.37 validation balanced accuracy and a logistic regression fitted to
-convergence on the same frozen features 0.40-0.45, so the short pretraining limits this
-method at the default budget.
+``method.lr_factor(step, schedule)``; other methods return ``schedule(step)``). No probe loss
+scale: Adam's steps do not depend on the loss scale.
 Validation and ``best.pt`` use ``net`` throughout; the head starts at zero so that phase-1
-scores are chance level (a random head once scored 0.48 mid-pretraining, above the probe).
+scores are chance level (a random head can score above chance, and above the probe, during
+pretraining).
 """
 
 from __future__ import annotations
@@ -53,7 +49,7 @@ from torch import Tensor, nn
 
 from semimed.config.checks import Checked, Range
 from semimed.methods.base import Method
-from semimed.methods.losses import nt_xent
+from semimed.methods.classification.losses import nt_xent
 from semimed.networks.multitask import multitask_cross_entropy
 
 PRETRAIN, PROBE = 1, 2
@@ -71,7 +67,7 @@ class SimCLR(Method):
 
     @dataclass(frozen=True)
     class Params(Checked):
-        # NT-Xent temperature (seed 001: 0.5)
+        # NT-Xent temperature (RHD model: 0.5)
         temperature: Annotated[float, Range(gt=0)] = 0.5
         # hidden width of the projection MLP
         proj_hidden: Annotated[int, Range(ge=1)] = 512
@@ -79,7 +75,7 @@ class SimCLR(Method):
         proj_dim: Annotated[int, Range(ge=1)] = 128
         # steps per window of the mean contrastive loss
         window: Annotated[int, Range(ge=1)] = 10
-        # windows without improvement before the probe starts (seed 001: 5)
+        # windows without improvement before the probe starts (RHD model: 5)
         patience: Annotated[int, Range(ge=1)] = 5
         # decrease of the window mean that counts, loss units
         min_delta: Annotated[float, Range(ge=0)] = 0.0

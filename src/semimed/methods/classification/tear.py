@@ -15,8 +15,9 @@ batch-mean teacher predictions), renormalised; the history starts filled with th
 distribution, so early steps are barely aligned. The student's labeled, weak and strong images
 share one backbone pass (``features -> net.head``); the teacher runs on the weak view alone, in
 eval mode as in the authors' code (no dropout; BatchNorm uses the running statistics that
-``update_ema`` copies from the student), and is the evaluated model. Unlike the released code, whose pseudo-labels come from the student's
-weak view, the teacher gives them here, as the paper's temporal-ensemble framing describes.
+``update_ema`` copies from the student), and is the evaluated model. Unlike the released
+code, whose pseudo-labels come from the student's weak view, the teacher gives them here, as
+the paper's temporal-ensemble framing describes.
 
 AdaPL. The paper relaxes hard pseudo-labels to soft ones according to a loss estimate built
 from each sample's history across iterations; the released code lacks it (only CLI hints:
@@ -61,14 +62,14 @@ from torch import Tensor, nn
 from semimed.config.checks import Checked, OneOf, Range
 from semimed.methods.base import Method
 from semimed.methods.classification.gather import all_rows
-from semimed.methods.ema import make_teacher, update_ema, warmup_decay
-from semimed.methods.losses import (
-    confident_pseudo_label_loss,
+from semimed.methods.classification.losses import (
     group_means,
     kmeans_assign,
     matched_prototype_loss,
     sharpen,
 )
+from semimed.methods.ema import make_teacher, update_ema, warmup_decay
+from semimed.methods.losses import confident_pseudo_label_loss
 
 DISTANCES = ("mse", "kl")
 
@@ -116,8 +117,8 @@ class TEAR(Method):
         threshold: Annotated[float, Range(ge=0, le=1)] = 0.95
         # weight of the FixMatch term
         lambda_u: Annotated[float, Range(ge=0)] = 1.0
-        # teacher EMA decay per step (teacher is evaluated)
-        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.999
+        # teacher EMA decay per step (teacher is evaluated; paper: 0.999)
+        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.99
         # batch-mean predictions averaged by distribution alignment
         da_length: Annotated[int, Range(ge=1)] = 32
         # weight of the AdaPL term

@@ -20,8 +20,9 @@ the student's softmax p (``mean_c`` = mean over them):
     unsup = mean_v mask(v) CE(f(x_u)_v, argmax teacher(x_u)_v)
 
 loss = Dice + CE (unweighted: the script's 'wce+dice' is built without weights; DHC's batch
-Dice without background, ``dice="dhc"``) + unsup (weight 1, no ramp-up). The student is
-validated and saved, as in DHC.
+Dice without background, ``dice="dhc"``) + unsup (weight 1, no ramp-up; the default here is
+weight 0.1 with a sigmoid ramp-up over the whole run, the protocol of DHC's published tables).
+The student is validated and saved, as in DHC.
 
 Per-step form: DHC averages the indicators over an epoch and updates CC once per epoch (about
 500 updates, momentum 0.99); we update CC every step (400 updates), so its buffer moves on the
@@ -102,10 +103,10 @@ class AcISIS(MeanTeacher):
     class Params(MeanTeacher.Params):
         # teacher EMA decay per step (DHC), [0, 1)
         ema_decay: float = 0.99
-        # weight of the sampled pseudo-label CE (DHC cps_w 1), >= 0
-        consistency: float = 1.0
-        # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
-        rampup: float = 0.0
+        # weight of the sampled pseudo-label CE (DHC protocol: 0.1; train_acisis.py: 1), >= 0
+        consistency: float = 0.1
+        # share of total_steps of the sigmoid ramp-up (DHC protocol: all), [0, 1]
+        rampup: float = 1.0
         # EMA momentum of the class scores CC per step
         score_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99
         # classes per indicator given the penalty rank (DHC Synapse)

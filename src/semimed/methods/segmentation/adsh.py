@@ -42,9 +42,10 @@ import torch
 from torch import Tensor
 
 from semimed.config.checks import Range
-from semimed.methods.losses import hard_labels, masked_cross_entropy, weighted_ce
+from semimed.methods.losses import hard_labels, masked_cross_entropy
 from semimed.methods.segmentation.class_weights import class_counts, ema_
 from semimed.methods.segmentation.cps import CrossPseudoSupervision
+from semimed.methods.segmentation.losses import weighted_ce
 
 BINS = 1000  # histogram bins of the softmax scores in [0, 1] (bin width 1e-3)
 

@@ -23,8 +23,9 @@ the data pipeline and is not part of the baseline):
   averaged over all voxels of the batch (labeled + unlabeled), not over the kept ones.
 
 Built on CPS's hooks: ``class_weights`` returns the fixed weights and feeds the banks,
-``cps_loss`` samples. Defaults: DHC's confs_iter 8, gamma 0.5, CPS weight 1 with a sigmoid
-ramp-up over the whole run. The banks and their accumulators are buffers (updated per step).
+``cps_loss`` samples. Defaults: DHC's confs_iter 8 and gamma 0.5; CPS weight 0.1 with a sigmoid
+ramp-up over the whole run (DHC's published protocol; ``train_cld.py``'s weight: 1). The banks
+and their accumulators are buffers (updated per step).
 DHC's bank momentum 0.999 applies per update, about 500 of them (8-iteration windows over
 ~4000 iterations); our 400 steps give 50, so the default 0.99 keeps the same share of the run
 in the EMA (0.999^500 ~ 0.99^50 ~ 0.6). DHC starts the banks at random values; ours start at 0
@@ -64,8 +65,8 @@ class CLD(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        # final weight of the sampled CPS CE (DHC: 1), >= 0
-        cps_weight: float = 1.0
+        # final weight of the sampled CPS CE (DHC protocol: 0.1; train_cld.py: 1), >= 0
+        cps_weight: float = 0.1
         # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
         rampup: float = 1.0
         # exponent of (max N / N_c) in the weights (CLD)

@@ -11,10 +11,12 @@ batch with cross-entropy against the other network's hard prediction (argmax, no
 ``CrossPseudoSupervision`` is the shared pair: subclasses (DHC and the class-imbalance
 baselines built on CPS) override ``class_weights`` to weight both terms per class,
 ``pseudo_labels`` to change the targets, or ``cps_loss`` to change the whole term (masks).
-Inference averages the two networks' softmax (``PairAverage``). Defaults follow DHC's CPS:
-weight 1, no ramp-up, and DHC's supervised Dice (``dice="dhc"``: one Dice per class over the
-batch, background left out, smooth 1; ``semimed.methods.losses.seg_dice_loss``), which DHC's code
-trains every method of this family with.
+Inference averages the two networks' softmax (``PairAverage``). Defaults follow the protocol
+of DHC's published tables (``train3times_seeds_*.sh``: ``-w 0.1 -r``) for the whole family:
+weight 0.1 with a sigmoid ramp-up over the whole run (DHC's CPS script itself defaults to
+weight 1 without ramp-up), and DHC's supervised Dice (``dice="dhc"``: one Dice per class over
+the batch, background left out, smooth 1; ``semimed.methods.segmentation.losses.seg_dice_loss``),
+which DHC's code trains every method of this family with.
 """
 
 from __future__ import annotations
@@ -29,13 +31,8 @@ from torch import Tensor, nn
 from semimed.config.checks import Checked, OneOf, Range
 from semimed.methods.base import Method
 from semimed.methods.cost import PAIR_WHY, pair_pass
-from semimed.methods.losses import (
-    DICE_FORMS,
-    hard_labels,
-    ramped_terms,
-    weighted_ce,
-    weighted_dice_ce,
-)
+from semimed.methods.losses import hard_labels, ramped_terms
+from semimed.methods.segmentation.losses import DICE_FORMS, weighted_ce, weighted_dice_ce
 from semimed.networks.segmentation import PairAverage
 
 
@@ -48,10 +45,10 @@ class CrossPseudoSupervision(Method):
 
     @dataclass(frozen=True)
     class Params(Checked):
-        # final weight of the cross pseudo-supervision term
-        cps_weight: Annotated[float, Range(ge=0)] = 1.0
-        # share of total_steps of the sigmoid ramp-up; 0 = none
-        rampup: Annotated[float, Range(ge=0, le=1)] = 0.0
+        # final weight of the cross pseudo-supervision term (DHC protocol: 0.1)
+        cps_weight: Annotated[float, Range(ge=0)] = 0.1
+        # share of total_steps of the sigmoid ramp-up; 0 = none (DHC protocol: all)
+        rampup: Annotated[float, Range(ge=0, le=1)] = 1.0
         # Dice of the supervised term (losses.DICE_FORMS; DHC's code: "dhc")
         dice: Annotated[str, OneOf(*DICE_FORMS)] = "dhc"
 

@@ -14,8 +14,9 @@ its CPS pair: ``w`` = the rates above computed from voxel counts (``crest_weight
 both the supervised Dice + CE and the CPS CE of a network. Each network counts the argmax of
 its own prediction on the unlabeled crops every step and keeps an EMA (momentum 0.99) of the
 resulting weights, initialised from the labeled volumes' voxel counts (``class_counts``; uniform
-weights 1 when unknown). DHC's defaults: alpha 1/3, CPS weight 0.1, no ramp-up. Self-training
-generations and sampling are replaced by this per-step weighting, as in DHC.
+weights 1 when unknown). Defaults: DHC's alpha 1/3 and CPS weight 0.1, with a sigmoid ramp-up
+over the whole run as in DHC's published protocol (``train_crest.py`` itself has none).
+Self-training generations and sampling are replaced by this per-step weighting, as in DHC.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class CReST(CrossPseudoSupervision):
     class Params(CrossPseudoSupervision.Params):
         # weight of the class-weighted CPS CE (DHC: 0.1), >= 0
         cps_weight: float = 0.1
-        # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
-        rampup: float = 0.0
+        # share of total_steps of the sigmoid ramp-up (DHC protocol: all), [0, 1]
+        rampup: float = 1.0
         # exponent of the rebalancing rate (DHC: 1/3)
         alpha: Annotated[float, Range(gt=0)] = 1.0 / 3.0
         # EMA momentum of the weights per step (DHC: 0.99)

@@ -12,7 +12,7 @@ DHC (Wang & Li, MICCAI 2023, ``train_depl.py``) on its CPS pair: each network ke
 network a is trained on every voxel of the batch against the debiased argmax of network b,
 masked where b's debiased confidence is < 0.9 and averaged over all voxels (and the other way
 round); supervised Dice + CE unweighted; lambda 1, CPS weight 1 with a sigmoid ramp-up over the
-whole run. Differences:
+whole run (the default weight here is 0.1, the protocol of DHC's published tables). Differences:
 
 * DHC keeps ``q`` per voxel position of the patch (C, D, H, W). Crops are drawn at random
   places, so every position estimates the same class marginal; we keep one ``q`` (C,) per
@@ -50,8 +50,8 @@ class DePL(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        # weight of the masked CPS CE (DHC: 1), >= 0
-        cps_weight: float = 1.0
+        # weight of the masked CPS CE (DHC protocol: 0.1; train_depl.py: 1), >= 0
+        cps_weight: float = 0.1
         # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
         rampup: float = 1.0
         # lambda, strength of the log-q debiasing (DHC: 1)

@@ -12,8 +12,9 @@ supervised Dice + CE and its cross pseudo-supervision CE ("w_ce+dice" and "wce" 
   hard predictions on the unlabeled crops, EMA'd with ``dist_momentum``; initialised from the
   labeled volumes' class counts (``class_counts``), uniform when those are unknown.
 
-DHC's defaults: DistDW momentum 0.99, DiffDW over 50 steps, CPS weight 1 with a sigmoid
-ramp-up over the whole run. Running quantities are buffers, so a resumed run continues them.
+Defaults: DHC's DistDW momentum 0.99 and DiffDW over 50 steps; CPS weight 0.1 with a sigmoid
+ramp-up over the whole run, the protocol of DHC's published tables (its script's own default
+weight is 1). Running quantities are buffers, so a resumed run continues them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class DHC(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        # share of total_steps of the sigmoid ramp-up of cps_weight, [0, 1]
+        # share of total_steps of the sigmoid ramp-up of cps_weight (DHC: all), [0, 1]
         rampup: float = 1.0
         # EMA momentum of the DistDW weights
         dist_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99

@@ -12,8 +12,9 @@ wrong on unlabeled data, and the features are trained to defeat it:
 DHC (Wang & Li, MICCAI 2023, ``train_dst.py`` with ``vnet_dst.py``) puts DST on its CPS pair,
 each V-Net with three decoders (main, pseudo, worst; the worst one behind a GRL whose
 coefficient warms up as ``2 (hi - lo) / (1 + exp(-alpha i / N)) - (hi - lo) + lo``, lo 0,
-hi 0.1, alpha 1, N 500 iterations), eta' 2, confidence threshold 0.95, CPS weight 1 with a
-sigmoid ramp-up over the whole run, unweighted Dice (DHC's, ``dice``) + CE on the main heads.
+hi 0.1, alpha 1, N 500 iterations), eta' 2, confidence threshold 0.95, CPS weight 1 (the
+default here is 0.1, the protocol of DHC's published tables) with a sigmoid ramp-up over the
+whole run, unweighted Dice (DHC's, ``dice``) + CE on the main heads.
 Per network k:
 
     unsup_k = mean_v [conf(v) >= tau] CE(h_p^k(x)_v, argmax h^other(x)_v) + L_worst^k
@@ -130,8 +131,8 @@ class DST(CrossPseudoSupervision):
 
     @dataclass(frozen=True)
     class Params(CrossPseudoSupervision.Params):
-        # final weight of pseudo + worst-case terms (DHC: 1), >= 0
-        cps_weight: float = 1.0
+        # final weight of pseudo + worst-case terms (DHC protocol: 0.1; train_dst.py: 1), >= 0
+        cps_weight: float = 0.1
         # share of total_steps of the sigmoid ramp-up (DHC: all), [0, 1]
         rampup: float = 1.0
         # pseudo-labels kept where max softmax >= this (DHC)

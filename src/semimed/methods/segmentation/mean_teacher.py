@@ -10,13 +10,13 @@ statistics across samples. EMA decay 0.99 as SSL4MIS.
 
 Consistency scale. The cost is the paper's eq. 1, the squared Euclidean distance between the
 student's and the teacher's class-probability vectors, averaged over voxels
-(``softmax_mse(..., sum_classes=True)``), with weight 1. SSL4MIS's 3D script averages the
-squared error over voxels AND classes (``torch.mean``) with weight 0.1: C times smaller per
-voxel, and on our 7-class default data the weighted term then stayed at 0.1-0.6 % of the
-supervised loss (``unsup_ratio``, logged every step), so "Mean Teacher = supervised" said
-nothing about the method. Summing over classes keeps the per-voxel scale independent of C;
-weight 1 is the low end of the range the paper found flat (10-100 on the class mean with
-C = 10, i.e. 1-10 on the sum). The loss is then ~2-4 % consistency on the default data.
+(``softmax_mse(..., sum_classes=True)``), with weight 1 (``consistency``). SSL4MIS's 3D script
+averages the squared error over voxels AND classes (``torch.mean``) with weight 0.1: C times
+smaller per voxel and a tenth of the weight, a term too small a share of the loss for the
+method to differ from the supervised one (``unsup_ratio``, logged every step, shows the
+share). Summing over classes keeps the per-voxel scale independent of C; weight 1 is the low
+end of the range the paper found flat (10-100 on the class mean with C = 10, i.e. 1-10 on the
+sum).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from torch import Tensor
 
 from semimed.config.checks import OneOf
 from semimed.methods import mean_teacher
-from semimed.methods.losses import DICE_FORMS, seg_supervised_loss, softmax_mse
+from semimed.methods.losses import softmax_mse
+from semimed.methods.segmentation.losses import DICE_FORMS, seg_supervised_loss
 
 
 class MeanTeacher(mean_teacher.MeanTeacher):

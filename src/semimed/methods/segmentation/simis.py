@@ -14,8 +14,9 @@ with ``N`` the voxel counts of the network's own argmax over the whole batch (la
 unlabeled crops), EMA'd every step with momentum 0.99. The EMA starts from ``C`` and takes one
 step towards the labeled volumes' weights (``class_counts``; uniform counts when unknown), so
 ``w_0 = m C + (1 - m) C (max P_lab - P_lab)``; the most frequent class's weight then decays like
-``m^t C`` towards 0. DHC's defaults: CPS weight 0.1, no ramp-up. The per-epoch resampling of the
-paper is replaced by this per-step weighting, as in DHC.
+``m^t C`` towards 0. Defaults: DHC's CPS weight 0.1, with a sigmoid ramp-up over the whole run
+as in DHC's published protocol (``train_simis.py`` itself has none). The per-epoch resampling
+of the paper is replaced by this per-step weighting, as in DHC.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class SimiS(CrossPseudoSupervision):
     class Params(CrossPseudoSupervision.Params):
         # weight of the class-weighted CPS CE (DHC: 0.1), >= 0
         cps_weight: float = 0.1
-        # share of total_steps of the sigmoid ramp-up (DHC: none), [0, 1]
-        rampup: float = 0.0
+        # share of total_steps of the sigmoid ramp-up (DHC protocol: all), [0, 1]
+        rampup: float = 1.0
         # EMA momentum of the weights per step (DHC: 0.99)
         momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99
 

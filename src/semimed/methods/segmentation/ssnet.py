@@ -22,7 +22,9 @@ included, pooled over the batch):
 * contrast(z, labels) = (1/C) sum_c mean_{i,j} (1 - cos(z_i, m_j)) a_i b_j over the features
   z_i = prediction(projection(.)) of class c and memory entries m_j of class c, a_i, b_j the
   sigmoid scores of two learned selectors, each rescaled to mean 1;
-* loss = Dice(f(x_l), y) + w * (lds + contrast_weight * (contrast_l + contrast_u)), w = 1.
+* loss = Dice(f(x_l), y) + w * (lds + contrast_weight * (contrast_l + contrast_u)), w = 1
+  without ramp-up (the default here: ``consistency`` 0.1 with a sigmoid ramp-up over the whole
+  run, the protocol of DHC's published tables).
   DHC computes a CE term but leaves it out of the loss (``sup_ce_weight`` 0). The supervised
   Dice is DHC's form by default (``dice``: batch, no background, smooth 1; see
   ``losses.DICE_FORMS``).
@@ -31,13 +33,13 @@ Differences: DHC's network hands its last decoder feature map to the heads; ours
 from ``net_factory`` and have no full-resolution feature map before the output layer, so the
 voxel features are the logits (C channels); the heads (``feat_dim`` 64 = 2 x DHC's 32 filters)
 and selectors belong to the method. DHC keeps the memory in numpy; ours is a buffer
-(C, memory_size, feat_dim) plus per-class sizes. DHC runs the heads on every voxel; on our CPU
-that costs 4-12x the network's own forward + backward (2 x 2 x 32^3 voxels through width-64
-MLPs), so the separation term (memory update included) uses ``contrast_voxels`` voxels drawn
-at random from the labeled crops and as many from the unlabeled ones (0 = all, as DHC). VAT
-keeps DHC's norms on our 32^3 crops (xi = eps = 10 per crop: per-voxel rms 10 / sqrt(32^3)
-~ 0.055 of the [0, 1] intensity range, ~0.01 on DHC's 64x128x128 crops). Batch norm running
-statistics are frozen during the two perturbed forwards, as in DHC.
+(C, memory_size, feat_dim) plus per-class sizes. DHC runs the heads on every voxel, which
+costs several times the network's own forward + backward (2 x 2 x 32^3 voxels through
+width-64 MLPs), so the separation term (memory update included) uses ``contrast_voxels``
+voxels drawn at random from the labeled crops and as many from the unlabeled ones (0 = all,
+as DHC). VAT keeps DHC's norms on our 32^3 crops (xi = eps = 10 per crop: per-voxel rms
+10 / sqrt(32^3) ~ 0.055 of the [0, 1] intensity range, ~0.01 on DHC's 64x128x128 crops). Batch
+norm running statistics are frozen during the two perturbed forwards, as in DHC.
 """
 
 from __future__ import annotations
@@ -54,12 +56,8 @@ from torch import Tensor, nn
 
 from semimed.config.checks import Checked, OneOf, Range
 from semimed.methods.base import Method
-from semimed.methods.losses import (
-    DICE_FORMS,
-    hard_labels,
-    ramped_terms,
-    weighted_dice_ce,
-)
+from semimed.methods.losses import hard_labels, ramped_terms
+from semimed.methods.segmentation.losses import DICE_FORMS, weighted_dice_ce
 
 # Soft Dice between two probability maps, background included, pooled over the batch (DHC).
 _SOFT_DICE = DiceLoss(include_background=True, batch=True, smooth_nr=1e-8, smooth_dr=1e-8)
@@ -105,10 +103,10 @@ class SSNet(Method):
 
     @dataclass(frozen=True)
     class Params(Checked):
-        # weight w of LDS + contrast (DHC: 1)
-        consistency: Annotated[float, Range(ge=0)] = 1.0
-        # share of total_steps of the sigmoid ramp-up (DHC: none)
-        rampup: Annotated[float, Range(ge=0, le=1)] = 0.0
+        # weight w of LDS + contrast (DHC protocol: 0.1; train_ssnet.py: 1)
+        consistency: Annotated[float, Range(ge=0)] = 0.1
+        # share of total_steps of the sigmoid ramp-up (DHC protocol: all; train_ssnet.py: none)
+        rampup: Annotated[float, Range(ge=0, le=1)] = 1.0
         # L2 norm per crop of the probe perturbation (DHC)
         vat_xi: Annotated[float, Range(gt=0)] = 10.0
         # L2 norm per crop of the adversarial perturbation (DHC)

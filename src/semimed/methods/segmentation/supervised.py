@@ -4,7 +4,7 @@
 label) the upper bound, as the "fully supervised" rows of DHC (Wang & Li, MICCAI 2023) and the
 baselines of SSL4MIS (Luo et al.) report them. Loss: soft Dice (Milletari et al., V-Net, 3DV
 2016) plus cross-entropy, via MONAI ``DiceCELoss`` (``dice="monai"``; DHC's ``train_fully.py``
-uses ``"dhc"``, SSL4MIS ``"ssl4mis"``: ``semimed.methods.losses.seg_supervised_loss``).
+uses ``"dhc"``, SSL4MIS ``"ssl4mis"``: ``semimed.methods.segmentation.losses.seg_supervised_loss``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 from semimed.config.checks import Checked, OneOf, Range, require
 from semimed.methods.base import Method
 from semimed.methods.cost import labeled_pass
-from semimed.methods.losses import DICE_FORMS, seg_supervised_loss
+from semimed.methods.segmentation.losses import DICE_FORMS, seg_supervised_loss
 
 
 class Supervised(Method):

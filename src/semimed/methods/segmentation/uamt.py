@@ -26,9 +26,9 @@ reference code (SSL4MIS ``train_uncertainty_aware_mean_teacher_3D.py``; DHC's
 * The denominator is ``sum(mask)``: the squared distance is summed over classes at each kept
   voxel, the scale of our segmentation Mean Teacher (paper eq. 1), with weight 1. SSL4MIS
   divides by ``2 * sum(mask)`` (the class mean for its binary task) with weight 0.1, DHC keeps
-  the 2 with 14 classes and weight 0.1; on our 7-class data the class mean at 0.1 kept the term
-  under 1 % of the loss (as Mean Teacher's was, issue of record in docs/methods.md), so the
-  method could not differ from the supervised one. ``unsup_ratio`` is logged every step.
+  the 2 with 14 classes and weight 0.1; with several classes that term is too small a share
+  of the loss for the method to differ from the supervised one (as for Mean Teacher,
+  docs/methods.md). ``unsup_ratio`` is logged every step.
 * ``ln C``: both references use ``ln 2`` even for multi-class data (DHC), which keeps only
   very confident voxels; the paper's threshold is a share of the maximal uncertainty (ln 2 for
   its binary task), which for C classes is ``ln C``.

@@ -41,7 +41,8 @@ from torch import Tensor
 
 from semimed.config.checks import Checked, OneOf, Range
 from semimed.methods.base import Method
-from semimed.methods.losses import DICE_FORMS, ramped_terms, seg_supervised_loss
+from semimed.methods.losses import ramped_terms
+from semimed.methods.segmentation.losses import DICE_FORMS, seg_supervised_loss
 
 
 def pyramid_uncertainty(log_probs: Tensor, probs: Tensor | None = None) -> tuple[Tensor, Tensor]:
