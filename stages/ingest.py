@@ -4,13 +4,13 @@ Writes data/<task>/ingested/ (manifest.json, plus the generated files for synthe
 """
 
 from semimed import cli, paths
-from semimed.config import load_task
+from semimed.config import load_task_section
 from semimed.data.sources import ingest
 
 
 def run() -> None:
     args = cli.parser(__doc__).parse_args()
-    cfg = load_task(args.task, args.params)
+    cfg = load_task_section(args.task, args.params)
     manifest = ingest(cfg, paths.ingested(args.task))
     print(f"ingest {args.task}: {len(manifest['records'])} records from {cfg.data.source}")
 

@@ -10,7 +10,7 @@ results.md and close the stage's output.
 """
 
 from semimed import cli, paths
-from semimed.config import TASKS, load_task
+from semimed.config import TASKS, load_task_section
 from semimed.io import write_bytes_atomic, write_json_atomic
 from semimed.report.flags import warnings_block
 from semimed.report.task import task_report
@@ -18,7 +18,7 @@ from semimed.report.task import task_report
 
 def run() -> None:
     args = cli.parser(__doc__, task=False).parse_args()
-    reports = [task_report(load_task(task, args.params)) for task in TASKS]
+    reports = [task_report(load_task_section(task, args.params)) for task in TASKS]
     warnings = [f"{r.task}: {flag}" for r in reports for flag in r.flags]
     write_json_atomic(paths.SUMMARY, {r.task: r.summary for r in reports})
     write_json_atomic(paths.HEADLINE, {r.task: r.headline for r in reports})

@@ -3,7 +3,7 @@
 import json
 
 from semimed import cli, paths
-from semimed.config import load_task
+from semimed.config import load_task_section
 from semimed.data.splits import make_splits
 from semimed.io import write_json_atomic
 from semimed.tasks import spec
@@ -11,7 +11,7 @@ from semimed.tasks import spec
 
 def run() -> None:
     args = cli.parser(__doc__).parse_args()
-    cfg = load_task(args.task, args.params)
+    cfg = load_task_section(args.task, args.params)
     manifest = json.loads((paths.processed(args.task) / "manifest.json").read_text())
     targets = cfg.data.targets if spec(args.task).has_targets else None
     split = make_splits(manifest, cfg.split, targets)

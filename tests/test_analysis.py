@@ -17,7 +17,7 @@ from torch import nn
 
 from benchmarks import label_efficiency
 from semimed.analysis import embeddings, gradcam, robustness
-from semimed.config import ConfigError, parse_task
+from semimed.config import ConfigError, parse_task_section
 from semimed.inference import predict_proba
 from semimed.networks import build_network
 from semimed.transforms import PERTURBATIONS
@@ -171,7 +171,7 @@ def test_embeddings_tsne_and_umap(tmp_path):
 def test_bad_analysis_params_name_the_key(key, value, default_params):
     def parse(analysis: dict):
         section = {**default_params["classification"], "analysis": analysis}
-        return parse_task("classification", section).analysis
+        return parse_task_section("classification", section).analysis
 
     assert parse(ANALYSIS).strengths == (0.0, 0.5, 1.0)
     with pytest.raises(ConfigError, match=f"classification.analysis.{key}") as err:

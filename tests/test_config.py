@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from semimed.build import method_params, parse_task
-from semimed.config import ConfigError, load_task
+from semimed.config import ConfigError, load_task_section
 from semimed.methods import METHODS
 
 
@@ -76,10 +76,10 @@ def test_method_params_unknown_key(params):
 def test_load_task_from_file(tmp_path, params):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    assert load_task("segmentation", path).train.patch_size == tuple(
+    assert load_task_section("segmentation", path).train.patch_size == tuple(
         params["segmentation"]["train"]["patch_size"]
     )
     with pytest.raises(ConfigError, match="file not found"):
-        load_task("segmentation", tmp_path / "nope.yaml")
+        load_task_section("segmentation", tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="unknown task"):
-        load_task("detection", path)
+        load_task_section("detection", path)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from semimed.config import ClsAnalysis, ConfigError, TaskConfig, load_task
+from semimed.config import ClsAnalysis, ConfigError, TaskConfig, load_task_section
 
 
 def load_analysis(path: str | Path = "params.yaml") -> tuple[TaskConfig, ClsAnalysis]:
     """The classification TaskConfig and its ``analysis`` sub-section from params.yaml."""
-    cfg = load_task("classification", path)
+    cfg = load_task_section("classification", path)
     if cfg.analysis is None:
         raise ConfigError(f"{path}: classification.analysis: missing key")
     return cfg, cfg.analysis

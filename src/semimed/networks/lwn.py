@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
 from semimed.networks.classifiers import Classifier, check_dims
+from semimed.networks.shape import DataShape
 
 # --- LWN: lightweight echo network (seed 000) -------------------------------------------------
 
@@ -145,14 +146,7 @@ class LWNBlock(nn.Module):
         return x + self.ffn(x)
 
 
-def build_lwn(
-    *,
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    channels: Sequence[int],
-    dropout: float,
-) -> Classifier:
+def build_lwn(shape: DataShape, *, channels: Sequence[int], dropout: float) -> Classifier:
     """LWN, the lightweight network of seed 000: 4 stages of widths ``channels`` (paper:
     24, 48, 96, 192) with 2, 2, 6, 2 blocks; each stage starts with ``HaarDown`` (so 48x48 ends
     at 3x3), then ``LWNBlock``s; global average pool, dropout, linear head.
@@ -161,19 +155,19 @@ def build_lwn(
     ``channels`` must list exactly 4 widths. Call ``reparameterize(model)`` before inference to
     fold every branch and BatchNorm into plain convs. Backbone output: (B, channels[-1]).
     """
-    check_dims("lwn", spatial_dims, in_channels)
+    check_dims("lwn", shape)
     if len(channels) != len(LWN_BLOCKS) or min(channels) < 1:
         raise ValueError(
             f"channels: 'lwn' needs 4 positive stage widths (blocks fixed at 2, 2, 6, 2), "
             f"got {list(channels)}"
         )
     layers: list[nn.Module] = []
-    prev = in_channels
+    prev = shape.in_channels
     for width, blocks in zip(channels, LWN_BLOCKS, strict=True):
         layers += [HaarDown(prev, width)] + [LWNBlock(width) for _ in range(blocks)]
         prev = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout)]
-    return Classifier(nn.Sequential(*layers), nn.Linear(prev, num_classes))
+    return Classifier(nn.Sequential(*layers), nn.Linear(prev, shape.num_classes))
 
 
 _FUSABLE = (_ConvBN, HaarDown, RepMixer)

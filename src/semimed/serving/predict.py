@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from semimed.config import ConfigError, PredictParams, load_task
+from semimed.config import ConfigError, PredictParams, load_task_section
 from semimed.data.original_space import (
     error_cause,
     invert,
@@ -47,7 +47,7 @@ __all__ = ["PredictError", "predict"]
 
 def load_predict_params(task: str, path: str | Path = "params.yaml") -> PredictParams:
     """The `<task>.predict` block of params.yaml; ConfigError names the key."""
-    cfg = load_task(task, path)
+    cfg = load_task_section(task, path)
     if cfg.predict is None:
         raise ConfigError(f"{path}: {task}.predict: missing key (see docs/predict.md)")
     return cfg.predict
