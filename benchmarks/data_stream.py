@@ -98,13 +98,7 @@ def bench_data(cfg, work: Path, data, items: int, batches: int, volumes: int) ->
 def sliding_window(cfg, data, volumes: int) -> dict:
     """Seconds per volume of ``predict_volume`` (validation settings, default network)."""
     torch.manual_seed(0)
-    net = build.make_method(
-        cfg,
-        "supervised",
-        data.num_classes,
-        in_channels=data.in_channels,
-        spatial_dims=data.spatial_dims,
-    )
+    net = build.make_method(cfg, "supervised", build.data_shape(data))
     model, e = net.inference_model(), cfg.eval
     ids = (data.split["val"] + data.split["test"])[:volumes]
     times, voxels = [], []

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from semimed.networks import NETWORKS, Classifier, build_network, reparameterize
+from semimed.networks import NETWORKS, Classifier, DataShape, build_network, reparameterize
 
 SIDE, IN_CHANNELS, NUM_CLASSES = 48, 1, 5  # params.yaml: preprocess.image_size; view classes
 DEFAULT_CHANNELS = {"cnn": [8, 16, 32, 64], "lwn": [24, 48, 96, 192]}
@@ -51,9 +51,7 @@ def classifiers() -> dict[str, Classifier]:
     for name in NETWORKS:
         net = build_network(
             name,
-            spatial_dims=2,
-            in_channels=IN_CHANNELS,
-            num_classes=NUM_CLASSES,
+            DataShape.single(2, IN_CHANNELS, NUM_CLASSES),
             channels=DEFAULT_CHANNELS.get(name, DEFAULT_CHANNELS["cnn"]),
             dropout=0.1,
         )

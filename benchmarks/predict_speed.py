@@ -32,15 +32,7 @@ def model_folder(cfg, data, work: Path, scratch: Path) -> tuple[Path, str]:
     if (trained / CARD).is_file():
         return trained, f"trained {method} seed {seed}"
     torch.manual_seed(0)
-    multi = len(data.task_sizes) > 1
-    net = build.make_method(
-        cfg,
-        "supervised",
-        data.num_classes,
-        in_channels=data.in_channels,
-        task_sizes=data.task_sizes if multi else None,
-        spatial_dims=data.spatial_dims,
-    ).inference_model()
+    net = build.make_method(cfg, "supervised", build.data_shape(data)).inference_model()
     folder = scratch / "model"
     folder.mkdir(parents=True)
     checkpoint.save(checkpoint.cpu_copy(net.state_dict()), folder / "best.pt")

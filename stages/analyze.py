@@ -1,7 +1,8 @@
 """Stage analyze_classification: Grad-CAM, robustness and embeddings of the trained classifiers.
 
-Loads the best checkpoint of every `classification.methods` x `classification.seeds` run and
-writes, from the TEST split, under plots/analysis/classification/:
+Loads the best checkpoint of every `classification.methods` x `classification.seeds` run from
+its model folder (`semimed.serving.model_folder.load_model`) and writes, from the TEST split,
+under plots/analysis/classification/:
 
 * gradcam.png         the same test images for each method (first seed), Grad-CAM overlaid
 * robustness.json     [{method, seed, kind, strength, balanced_accuracy}], one per run (a DVC plot)
@@ -16,10 +17,11 @@ from semimed.analysis import load_analysis
 from semimed.analysis.embeddings import PROJECTIONS, backbone_features, plot_embeddings, project
 from semimed.analysis.gradcam import gradcam_maps, plot_gradcam_grid, select_images
 from semimed.analysis.robustness import plot_robustness, robustness_records
-from semimed.build import check_task, load_for_data
+from semimed.build import check_task
 from semimed.data.taskdata import load_task_data
 from semimed.io import write_json_atomic
 from semimed.runtime import select_device
+from semimed.serving.model_folder import load_model
 
 OUT = paths.ANALYSIS
 
@@ -33,7 +35,7 @@ def run() -> None:
     device = select_device(cfg.train.device)
     models = {
         method: {
-            seed: load_for_data(cfg, data, method, paths.model_dir(task, method, seed), device)
+            seed: load_model(paths.model_dir(task, method, seed), device).network
             for seed in cfg.seeds
         }
         for method in cfg.methods

@@ -1,5 +1,8 @@
 """Stage evaluate_<task>: score every run's best checkpoint on the TEST split, once.
 
+Each run's model is loaded from its model folder (best.pt through model.json,
+`semimed.serving.model_folder.load_model`), as `semimed predict` loads it.
+
 The runs are `<task>.methods` x `<task>.seeds`, all in one process (the start-up of torch and
 MONAI is paid once; docs/benchmark.md). For each run it writes
 metrics/<task>/<method>/seed<k>.json, the per-case table seed<k>_cases.csv beside it
@@ -11,12 +14,13 @@ a slice overlay PNG (segmentation). `--method M --seed K` scores one run only.
 import json
 
 from semimed import cli, paths
-from semimed.build import load_for_data, load_task
+from semimed.build import load_task
 from semimed.config import ConfigError
 from semimed.data.taskdata import load_task_data
 from semimed.evaluate.run import evaluate_run, run_record, write_cases
 from semimed.io import write_json_atomic
 from semimed.runtime import select_device
+from semimed.serving.model_folder import load_model
 from semimed.tasks import spec
 
 
@@ -24,7 +28,7 @@ def evaluate_one(cfg, data, device, method: str, seed: int) -> None:
     """Score run (`method`, `seed`) of `cfg.task` and write its three files."""
     task = cfg.task
     model_dir = paths.model_dir(task, method, seed)
-    model = load_for_data(cfg, data, method, model_dir, device)
+    model = load_model(model_dir, device).network
     plots = paths.eval_plots(task, method, seed)
     metrics, cases = evaluate_run(
         cfg, data, model, device, plots, f"{method} seed {seed}", paths.ingested(task)

@@ -3,7 +3,7 @@ tiny 3D UNet, a fixed 16^3 batch and helpers."""
 
 import torch
 
-from semimed.networks import build_network
+from semimed.networks import DataShape, build_network
 
 NUM_CLASSES = 3
 
@@ -11,9 +11,7 @@ NUM_CLASSES = 3
 def tiny_unet(deep_supervision=False, dropout=0.0):
     return build_network(
         "unet",
-        spatial_dims=3,
-        in_channels=1,
-        num_classes=NUM_CLASSES,
+        DataShape.single(3, 1, NUM_CLASSES),
         channels=(4, 8, 16),
         dropout=dropout,
         deep_supervision=deep_supervision,

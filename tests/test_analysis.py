@@ -19,7 +19,7 @@ from benchmarks import label_efficiency
 from semimed.analysis import embeddings, gradcam, robustness
 from semimed.config import ConfigError, parse_task_section
 from semimed.inference import predict_proba
-from semimed.networks import build_network
+from semimed.networks import DataShape, build_network
 from semimed.transforms import PERTURBATIONS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,9 +36,7 @@ ANALYSIS = {
 
 def _net(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    net = build_network(
-        "cnn", spatial_dims=2, in_channels=1, num_classes=3, channels=(4, 8), dropout=0.0
-    )
+    net = build_network("cnn", DataShape.single(2, 1, 3), channels=(4, 8), dropout=0.0)
     return net.eval()
 
 
@@ -66,7 +64,7 @@ def test_last_conv_name_finds_the_last_backbone_conv():
 
 def test_gradcam_maps_shape_range_and_isolation():
     x, _ = _data(4)
-    frozen = _net(0).requires_grad_(False)  # like an EMA teacher from load_best
+    frozen = _net(0).requires_grad_(False)  # like an EMA teacher loaded for inference
     maps, preds = gradcam.gradcam_maps(frozen, x)
     assert maps.shape == (4, 16, 16) and maps.dtype == np.float32
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
@@ -186,13 +184,15 @@ def test_bad_analysis_params_name_the_key(key, value, default_params):
 
 def test_analyze_stage_in_process(tmp_path, monkeypatch, default_params):
     """The stage script end to end on tiny data; checkpoints are freshly initialised networks
-    saved as `train_run` saves `best.pt` (training them would only add time)."""
-    from semimed.build import make_method, parse_task
+    saved as `train_run` saves `best.pt`, with the model card the train stage writes beside it
+    (training them would only add time)."""
+    from semimed.build import data_shape, make_method, parse_task
     from semimed.data.preprocess import preprocess
     from semimed.data.sources import ingest
     from semimed.data.splits import make_splits
     from semimed.data.taskdata import load_task_data
     from semimed.io import write_json_atomic
+    from semimed.serving.model_folder import ModelFolderError, write_model_card
 
     monkeypatch.chdir(tmp_path)
     params = merge(copy.deepcopy(default_params), copy.deepcopy(TINY))
@@ -212,15 +212,17 @@ def test_analyze_stage_in_process(tmp_path, monkeypatch, default_params):
         stage["run"]()
     cls["analysis"] = ANALYSIS
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(FileNotFoundError, match="best.pt"):
+    with pytest.raises(ModelFolderError, match="no such model folder"):
         stage["run"]()
     for method in cfg.methods:
         for seed in cfg.seeds:
             torch.manual_seed(seed)
-            net = make_method(cfg, method, data.num_classes, task_sizes=data.task_sizes)
+            net = make_method(cfg, method, data_shape(data))
             model_dir = tmp_path / "models" / "classification" / method / f"seed{seed}"
             model_dir.mkdir(parents=True)
             torch.save(net.inference_model().state_dict(), model_dir / "best.pt")
+            write_json_atomic(model_dir / "train.json", {"seed": seed})
+            write_model_card(model_dir, cfg, data, method)
 
     stage["run"]()
     out = tmp_path / "plots" / "analysis" / "classification"

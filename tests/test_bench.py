@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import bench, pipeline, steps, table
 from semimed import build
 from semimed.methods import METHODS
-from semimed.networks import output_layer
+from semimed.networks import DataShape, output_layer
 from semimed.networks.segmentation import build_unet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_side_layers_are_priced_at_their_flops(result):
 def test_output_layer_share_of_a_unet():
     """The share is the output layer's FLOPs over the network's, forward + backward: for a
     transposed-convolution output layer, forward FLOPs = 2 * in * out * k^3 * input voxels."""
-    net = build_unet(spatial_dims=3, in_channels=1, num_classes=3, channels=[4, 8], dropout=0)
+    net = build_unet(DataShape.single(3, 1, 3), channels=[4, 8], dropout=0)
     x = torch.randn(2, 1, 16, 16, 16)
     share = steps.output_layer_share(net, x)
     layer = output_layer(net)

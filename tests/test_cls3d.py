@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from semimed.networks import CLASSIFIERS_3D, build_network
+from semimed.networks import CLASSIFIERS_3D, DataShape, build_network
 from semimed.transforms import (
     STRONG_OPS,
     BatchByInputKindd,
@@ -41,9 +41,7 @@ def test_classifier_per_input_kind(name, kind):
     torch.manual_seed(0)
     dims, shape = KINDS[kind]
     channels = (4, 4, 8, 8) if name == "lwn" else (4, 8)
-    net = build_network(
-        name, spatial_dims=dims, in_channels=shape[1], num_classes=3, channels=channels, dropout=0
-    )
+    net = build_network(name, DataShape.single(dims, shape[1], 3), channels=channels, dropout=0)
     x = torch.rand(shape)
     features = net.backbone(x)
     assert features.shape == (2, net.head.in_features) and isinstance(net.head, nn.Linear)
@@ -62,13 +60,11 @@ def test_3d_networks_fit_medmnist_volumes():
     x = torch.rand(2, 1, 28, 28, 28)
     for name in ("cnn", "densenet121"):  # resnet18 at 28^3 is slow on a CPU; shown above
         net = build_network(
-            name, spatial_dims=3, in_channels=1, num_classes=11, channels=(8, 8, 8, 8), dropout=0
+            name, DataShape.single(3, 1, 11), channels=(8, 8, 8, 8), dropout=0
         ).eval()
         with torch.no_grad():
             assert net(x).shape == (2, 11)
-    resnet = build_network(
-        "resnet18", spatial_dims=3, in_channels=2, num_classes=2, channels=(), dropout=0
-    )
+    resnet = build_network("resnet18", DataShape.single(3, 2, 2), channels=(), dropout=0)
     trunk = resnet.backbone[0]
     assert trunk.conv1.stride == (1, 1, 1) and trunk.conv1.in_channels == 2
     assert isinstance(trunk.maxpool, nn.Identity) and trunk.fc is None
@@ -217,9 +213,7 @@ def test_volume_strong_ops_keep_3d_format():
 def test_3d_state_dict_round_trip(name, tmp_path):
     # The 3D cnn keeps channels-last weights: saving and loading must not care.
     def make():
-        return build_network(
-            name, spatial_dims=3, in_channels=1, num_classes=2, channels=(4, 8), dropout=0
-        ).eval()
+        return build_network(name, DataShape.single(3, 1, 2), channels=(4, 8), dropout=0).eval()
 
     net, other = make(), make()
     torch.save(net.state_dict(), tmp_path / "w.pt")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from semimed.build import load_best, method_params
+from semimed.build import method_params
 from semimed.config import ConfigError
 from semimed.data.loaders import train_batches, unlabeled_pool
 from semimed.data.preprocess import preprocess
@@ -19,6 +19,7 @@ from semimed.data.splits import make_splits
 from semimed.data.taskdata import load_task_data
 from semimed.io import write_json_atomic
 from semimed.methods import get_method
+from semimed.serving.model_folder import load_model, write_model_card
 from semimed.training.checkpoint import fingerprint
 from semimed.training.optimization import lr_factor
 from semimed.training.train import train_run
@@ -190,9 +191,9 @@ def test_train_run_writes_and_resumes(prepared, tmp_path, task, method, capsys, 
     val_tsv = live_dir / "plots" / "metrics" / "val"
     assert any(val_tsv.iterdir())
     assert (live_dir / "plots" / "metrics" / "train" / "loss.tsv").is_file()
-    model = load_best(cfg, method, data.num_classes, model_dir, "cpu")
-    assert not model.training
     expected = _outputs(model_dir, live_dir)
+    write_model_card(model_dir, cfg, data, method)  # as the train stage does, then load it
+    assert not load_model(model_dir).network.training
     shutil.rmtree(model_dir)
     shutil.rmtree(live_dir)
 
@@ -267,7 +268,8 @@ def test_multitask_run_scores_every_task(prepared, tmp_path):
     assert batch["y_lb"].shape == (cfg.train.batch_size, 2)
     files = [processed / "manifest.json", splits]
     train_run(cfg, data, "supervised", 0, tmp_path / "m", tmp_path / "l", files)
-    model = load_best(cfg, "supervised", data.num_classes, tmp_path / "m", "cpu", data.task_sizes)
+    write_model_card(tmp_path / "m", cfg, data, "supervised")
+    model = load_model(tmp_path / "m").network
     x, y = data.arrays(data.split["test"], all_tasks=True)
     probs = predict_proba(model, x, 64, "cpu", data.task_sizes)
     assert probs.shape == (len(x), 7)

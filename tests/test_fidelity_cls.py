@@ -15,16 +15,14 @@ from test_methods_tear_simclr import make, make_batch
 
 from semimed.methods.classification import TEAR, FreeMatch, SimCLR
 from semimed.methods.classification.gather import all_rows
-from semimed.networks import build_network
+from semimed.networks import DataShape, build_network
 from semimed.training.optimization import lr_factor
 
 # TEAR -----------------------------------------------------------------------------------------
 
 
 def dropout_cnn():
-    return build_network(
-        "cnn", spatial_dims=2, in_channels=1, num_classes=NUM_CLASSES, channels=(4, 8), dropout=0.5
-    )
+    return build_network("cnn", DataShape.single(2, 1, NUM_CLASSES), channels=(4, 8), dropout=0.5)
 
 
 def make_tear(**params):

@@ -21,15 +21,13 @@ from semimed.methods.classification import (
     SupervisedFull,
 )
 from semimed.methods.losses import masked_cross_entropy, softmax_mse
-from semimed.networks import build_network
+from semimed.networks import DataShape, build_network
 
 NUM_CLASSES = 3
 
 
 def tiny_cnn():
-    return build_network(
-        "cnn", spatial_dims=2, in_channels=1, num_classes=NUM_CLASSES, channels=(4, 8), dropout=0.0
-    )
+    return build_network("cnn", DataShape.single(2, 1, NUM_CLASSES), channels=(4, 8), dropout=0.0)
 
 
 def make_batch(seed=0, n_lb=4, n_ulb=6):

@@ -202,13 +202,15 @@ def test_urpc_refuses_a_network_without_deep_supervision():
 def test_urpc_loop_builds_a_deep_supervision_network(default_params, monkeypatch):
     from semimed.build import make_method
     from semimed.methods import METHODS
+    from semimed.networks import DataShape
 
     assert URPC.deep_supervision
     monkeypatch.setitem(METHODS["segmentation"], "urpc", URPC)
     section = copy.deepcopy(default_params["segmentation"])
     section["methods"] = ["supervised", "urpc"]
     section["network"].update(name="unet", channels=[4, 8, 16, 32])
-    method = make_method(parse_task("segmentation", section), "urpc", num_classes=NUM_CLASSES)
+    shape = DataShape.single(3, 1, NUM_CLASSES)
+    method = make_method(parse_task("segmentation", section), "urpc", shape)
     assert isinstance(method.net, UNetDeepSupervision) and len(method.net.heads) == 2
 
 

@@ -18,6 +18,7 @@ import torch
 from semimed import build
 from semimed.data.taskdata import TaskData
 from semimed.io import write_json_atomic
+from semimed.networks import reparameterize
 from semimed.serving.model_folder import (
     CARD,
     FORMAT,
@@ -60,16 +61,7 @@ def make_model_folder(folder, cfg, method: str, data: TaskData, seed: int = 0):
     """A run's folder as training leaves it, then `write_model_card`. BatchNorm statistics
     are randomised so LWN fusion and the EMA copy are not no-ops."""
     torch.manual_seed(seed)
-    multi = len(data.task_sizes) > 1
-    m = build.make_method(
-        cfg,
-        method,
-        data.num_classes,
-        in_channels=data.in_channels,
-        task_sizes=data.task_sizes if multi else None,
-        spatial_dims=data.spatial_dims,
-    )
-    net = m.inference_model()
+    net = build.make_method(cfg, method, build.data_shape(data)).inference_model()
     with torch.no_grad():
         for mod in net.modules():
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
@@ -234,7 +226,10 @@ def test_card_of_a_real_training_run(tiny, tmp_path):
     assert card["training"]["best_step"] == info["best_step"]
     assert card["training"]["val_score"] == info["best_val_balanced_accuracy"]
     loaded = load_model(model_dir)
-    ref = build.load_for_data(cfg, data, "supervised", model_dir, "cpu")
+    # the same network built from params.yaml instead of the card, with the same weights
+    ref = build.method_for_data(cfg, data, "supervised").inference_model()
+    ref.load_state_dict(torch.load(model_dir / "best.pt", map_location="cpu", weights_only=True))
+    reparameterize(ref)
     x = data.images[:4]
     with torch.no_grad():
         assert torch.allclose(loaded.network(x), ref(x), atol=1e-6)

@@ -9,15 +9,13 @@ import torch.nn.functional as F
 from semimed.build import parse_task
 from semimed.config import ConfigError
 from semimed.methods.classification import Supervised
-from semimed.networks import build_network
+from semimed.networks import DataShape, build_network
 from semimed.networks.multitask import blockwise_softmax, multitask_cross_entropy, split_logits
 
 
 def net():
     """A tiny cnn with 5 logits: tasks of 3 and 2 classes."""
-    return build_network(
-        "cnn", spatial_dims=2, in_channels=1, num_classes=5, channels=(4, 8), dropout=0.0
-    )
+    return build_network("cnn", DataShape.single(2, 1, 5), channels=(4, 8), dropout=0.0)
 
 
 def test_single_task_is_plain_cross_entropy():

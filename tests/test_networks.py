@@ -12,6 +12,7 @@ from torch import nn
 from semimed.networks import (
     CLASSIFIERS_3D,
     NETWORKS,
+    DataShape,
     build_network,
     haar_dwt,
     reparameterize,
@@ -31,9 +32,7 @@ CLASSIFIERS = {
 def _classifier(name, channels=(8, 16), num_classes=3, in_channels=1, dropout=0.1):
     return build_network(
         name,
-        spatial_dims=2,
-        in_channels=in_channels,
-        num_classes=num_classes,
+        DataShape.single(2, in_channels, num_classes),
         channels=channels,
         dropout=dropout,
     )
@@ -164,9 +163,7 @@ def test_unet_keeps_spatial_shape(spatial_dims, shape):
     torch.manual_seed(0)
     net = build_network(
         "unet",
-        spatial_dims=spatial_dims,
-        in_channels=1,
-        num_classes=4,
+        DataShape.single(spatial_dims, 1, 4),
         channels=(4, 8, 16),
         dropout=0.0,
     )
@@ -182,7 +179,7 @@ def test_unknown_network_lists_choices():
 
 def test_lwn_rejects_3d_naming_the_param():
     with pytest.raises(ValueError, match="^classification.network.name: lwn is 2D only") as err:
-        build_network("lwn", spatial_dims=3, in_channels=1, num_classes=2, channels=(4,), dropout=0)
+        build_network("lwn", DataShape.single(3, 1, 2), channels=(4,), dropout=0)
     assert "cnn, resnet18, densenet121" in str(err.value) and "\n" not in str(err.value)
     assert set(CLASSIFIERS_3D) == set(CLASSIFIERS) - {"lwn"}
 
@@ -190,7 +187,7 @@ def test_lwn_rejects_3d_naming_the_param():
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
 def test_classifiers_reject_bad_dims_and_channels(name):
     with pytest.raises(ValueError, match="spatial_dims 2 or 3"):
-        build_network(name, spatial_dims=1, in_channels=1, num_classes=2, channels=(4,), dropout=0)
+        build_network(name, DataShape.single(1, 1, 2), channels=(4,), dropout=0)
     with pytest.raises(ValueError, match="in_channels must be >= 1"):
         _classifier(name, channels=CLASSIFIERS[name][0], in_channels=0)
 
@@ -242,8 +239,6 @@ def test_lwn_rejects_bad_channels(channels):
 
 def test_bad_dropout_and_channels():
     with pytest.raises(ValueError, match="dropout"):
-        build_network("cnn", spatial_dims=2, in_channels=1, num_classes=2, channels=(4,), dropout=1)
+        build_network("cnn", DataShape.single(2, 1, 2), channels=(4,), dropout=1)
     with pytest.raises(ValueError, match="channels"):
-        build_network(
-            "unet", spatial_dims=3, in_channels=1, num_classes=2, channels=(4,), dropout=0
-        )
+        build_network("unet", DataShape.single(3, 1, 2), channels=(4,), dropout=0)

@@ -1,11 +1,12 @@
 """`semimed predict` on the synthetic test volumes gives the evaluate stage's label maps.
 
 The data stages run in a scratch folder on the tiny params (synthetic CT, 6 mm); one model
-folder is written as training leaves it (`make_model_folder`). The evaluate stage's path
-(`load_for_data`, `evaluate_run`: sliding window on the preprocess stage's arrays, then the
-chain inverted from the case's image file) and predict's (`load_model`, the NIfTI file
-preprocessed again, sliding window with the card's settings, inverted) must give the same
-labels in each test case's original grid: Dice >= 0.99 per class present."""
+folder is written as training leaves it (`make_model_folder`). Both load the model from that
+folder (`load_model`); the evaluate stage's path (`evaluate_run`: sliding window with the
+params' settings on the preprocess stage's arrays, then the chain inverted from the case's
+image file) and predict's (the NIfTI file preprocessed again, sliding window with the card's
+settings, inverted) must give the same labels in each test case's original grid: Dice >= 0.99
+per class present."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from conftest import TINY, merge
 from test_model_folder import make_model_folder
 
 from semimed import paths
-from semimed.build import load_for_data, load_task
+from semimed.build import load_task
 from semimed.data.taskdata import load_task_data
 from semimed.evaluate import original, run
+from semimed.serving.model_folder import load_model
 from semimed.serving.predict import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +68,7 @@ def test_predict_matches_the_evaluate_stage(workdir, monkeypatch):
         return labels
 
     monkeypatch.setattr(original, "labels_in_original_space", record)
-    model = load_for_data(cfg, data, "supervised", folder, "cpu")
+    model = load_model(folder, "cpu").network  # as the evaluate stage loads it
     run.evaluate_run(cfg, data, model, "cpu", workdir / "plots", "parity", paths.ingested(TASK))
     test = list(data.split["test"])
     assert len(evaluated) == len(test) >= 1

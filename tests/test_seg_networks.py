@@ -7,15 +7,13 @@ import torch
 
 from semimed.build import parse_task
 from semimed.config import ConfigError
-from semimed.networks import DEEP_SUPERVISION, build_network
+from semimed.networks import DEEP_SUPERVISION, DataShape, build_network
 
 
 def _net(name, deep_supervision=False, channels=(4, 8, 16), num_classes=3):
     return build_network(
         name,
-        spatial_dims=3,
-        in_channels=1,
-        num_classes=num_classes,
+        DataShape.single(3, 1, num_classes),
         channels=channels,
         dropout=0.0,
         deep_supervision=deep_supervision,
@@ -57,9 +55,7 @@ def test_networks_without_deep_supervision_refuse_it():
     with pytest.raises(ValueError, match="network 'cnn' has no deep-supervision outputs"):
         build_network(
             "cnn",
-            spatial_dims=2,
-            in_channels=1,
-            num_classes=2,
+            DataShape.single(2, 1, 2),
             channels=(4, 8),
             dropout=0,
             deep_supervision=True,
@@ -72,9 +68,7 @@ def test_vnet_and_dynunet_keep_spatial_shape():
         assert _net("vnet").eval()(torch.rand(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
         assert _net("dynunet").eval()(torch.rand(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
     with pytest.raises(ValueError, match="3D segmentation network"):
-        build_network(
-            "vnet", spatial_dims=2, in_channels=1, num_classes=2, channels=(4, 8), dropout=0
-        )
+        build_network("vnet", DataShape.single(2, 1, 2), channels=(4, 8), dropout=0)
 
 
 def test_config_requires_a_deep_supervision_network(default_params, monkeypatch):

@@ -1,23 +1,24 @@
-"""THE composition layer: a task's config + data -> a Method, and a trained run -> a model.
+"""THE composition layer: a task's config + data -> a Method (`instantiate`, the one place a
+Method is constructed).
 
 Everything that needs to know which method class a name means lives here, and the class is
 resolved once (`method_class`) and handed down: the data stream gets a plain `StreamSpec`
-of what to draw, the network builder the method's deep-supervision flag, the method its
-parsed `Params`. Config and data never import methods; evaluation, analysis and prediction
-build their models here and never import the training loop.
+of what to draw, the network builder the data's `DataShape` and the method's
+deep-supervision flag, the method its parsed `Params`. Config and data never import methods.
+A trained run's model is rebuilt from its model card (`semimed.serving.model_folder`, which
+calls `instantiate` with the card's settings); evaluation, analysis and prediction load it
+there and never import the training loop.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from semimed import config
 from semimed.config import ConfigError, Network, TaskConfig
 from semimed.data.loaders import StreamSpec, TaskData, labeled_class_counts, unlabeled_pool
 from semimed.methods import METHODS, Method, get_method
-from semimed.networks import DEEP_SUPERVISION, build_network, reparameterize
+from semimed.networks import DEEP_SUPERVISION, DataShape, build_network
 from semimed.tasks import spec
 
 
@@ -85,13 +86,15 @@ def check_task(cfg: TaskConfig) -> TaskConfig:
 
 
 def parse_task(task: str, section: dict) -> TaskConfig:
-    """`config.parse_task` and `check_task`: a task section ready to build methods from."""
-    return check_task(config.parse_task(task, section))
+    """`config.parse_task_section` and `check_task`: a task section ready to build methods
+    from."""
+    return check_task(config.parse_task_section(task, section))
 
 
 def load_task(task: str, path: str | Path = "params.yaml") -> TaskConfig:
-    """`config.load_task` and `check_task`; errors name the params file."""
-    cfg = config.load_task(task, path)
+    """`config.load_task_section` and `check_task`: the `task` section of the params file
+    `path`, ready to build methods from; errors name the file."""
+    cfg = config.load_task_section(task, path)
     try:
         return check_task(cfg)
     except ConfigError as err:
@@ -113,33 +116,33 @@ def check_unlabeled_pool(cfg: TaskConfig, split: dict) -> None:
         )
 
 
+def data_shape(data: TaskData) -> DataShape:
+    """The network input and output of `data`: its spatial dims, input channels and classes
+    per target."""
+    return DataShape(data.spatial_dims, data.in_channels, data.task_sizes)
+
+
 def instantiate(
     method: type[Method],
     params,
     network: Network,
-    num_classes: int,
+    shape: DataShape,
     total_steps: int,
     *,
-    in_channels: int = 1,
-    spatial_dims: int,
     num_unlabeled: int = 0,
-    task_sizes: tuple[int, ...] | None = None,
     class_counts=None,
 ) -> Method:
-    """`method` with its parsed `params` and a factory for `network` (the one place a Method
-    is constructed): `make_method` passes params.yaml's sections, a model folder its card's.
+    """`method` with its parsed `params` and a factory for `network` on data of `shape` (the
+    one place a Method is constructed): `make_method` passes params.yaml's sections, a model
+    folder its card's.
 
-    `task_sizes` (classes per target, multi-task) overrides `num_classes` with their sum;
-    `class_counts` (labels per class of the labeled pool) feeds class-distribution priors."""
-    if task_sizes:
-        num_classes = sum(task_sizes)
+    `num_unlabeled`: the size of the unlabeled pool (per-sample memories); `class_counts`
+    (labels per class of the labeled pool) feeds class-distribution priors."""
 
     def net_factory():
         return build_network(
             network.name,
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            num_classes=num_classes,
+            shape,
             channels=network.channels,
             dropout=network.dropout,
             deep_supervision=method.deep_supervision,
@@ -148,10 +151,10 @@ def instantiate(
     return method(
         net_factory,
         params,
-        num_classes,
+        shape.num_classes,
         total_steps,
         num_unlabeled=num_unlabeled,
-        task_sizes=task_sizes,
+        task_sizes=shape.task_sizes,
         class_counts=class_counts,
     )
 
@@ -159,88 +162,33 @@ def instantiate(
 def make_method(
     cfg: TaskConfig,
     method: str | type[Method],
-    num_classes: int,
-    in_channels: int = 1,
+    shape: DataShape,
+    *,
     num_unlabeled: int = 0,
-    task_sizes: tuple[int, ...] | None = None,
     class_counts=None,
-    spatial_dims: int | None = None,
 ) -> Method:
-    """`instantiate` `method` (a registry name or its class) as `cfg` describes it: its
-    params, the task's network and `train.steps`. `spatial_dims` / `in_channels` are the
-    data's (`TaskData`); spatial_dims defaults to the task's (`TaskSpec.spatial_dims`)."""
+    """`instantiate` `method` (a registry name or its class) for data of `shape` as `cfg`
+    describes it: its params, the task's network and `train.steps`."""
     cls = _resolve(cfg.task, method)
     return instantiate(
         cls,
         method_params(cfg, cls),
         cfg.network,
-        num_classes,
+        shape,
         cfg.train.steps,
-        in_channels=in_channels,
-        spatial_dims=spec(cfg.task).spatial_dims if spatial_dims is None else spatial_dims,
         num_unlabeled=num_unlabeled,
-        task_sizes=task_sizes,
         class_counts=class_counts,
     )
 
 
 def method_for_data(cfg: TaskConfig, data: TaskData, method: str | type[Method]) -> Method:
-    """`make_method` for training on `data`: its input shape, classes, unlabeled pool and
-    label counts."""
+    """`make_method` for training on `data`: its shape, unlabeled pool and label counts."""
     cls = _resolve(cfg.task, method)
     stream = stream_spec(cls)
     return make_method(
         cfg,
         cls,
-        data.num_classes,
-        in_channels=data.in_channels,
-        spatial_dims=data.spatial_dims,
+        data_shape(data),
         num_unlabeled=len(unlabeled_pool(data, stream)),
-        task_sizes=data.task_sizes,
         class_counts=labeled_class_counts(data, stream),
-    )
-
-
-def load_best(
-    cfg: TaskConfig,
-    method: str | type[Method],
-    num_classes: int,
-    model_dir: Path,
-    device,
-    task_sizes: tuple[int, ...] | None = None,
-    spatial_dims: int | None = None,
-    in_channels: int = 1,
-) -> torch.nn.Module:
-    """The method's inference model with the weights training saved as `best.pt`
-    (`task_sizes`: classes per target of a multi-task model; `spatial_dims` / `in_channels`:
-    the data's, see `make_method`), in eval mode on `device`."""
-    path = Path(model_dir) / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no trained model; run the train stage first")
-    model = make_method(
-        cfg,
-        method,
-        num_classes,
-        in_channels=in_channels,
-        task_sizes=task_sizes,
-        spatial_dims=spatial_dims,
-    ).inference_model()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    # eval mode; folds lwn's parallel branches into single convs (a no-op for other networks)
-    return reparameterize(model).to(device)
-
-
-def load_for_data(
-    cfg: TaskConfig, data: TaskData, method: str | type[Method], model_dir: Path, device
-) -> torch.nn.Module:
-    """`load_best` with the shape of `data` (classes, targets, dims, channels)."""
-    return load_best(
-        cfg,
-        method,
-        data.num_classes,
-        model_dir,
-        device,
-        data.task_sizes,
-        spatial_dims=data.spatial_dims,
-        in_channels=data.in_channels,
     )

@@ -1,16 +1,11 @@
-"""Pure evaluation metrics: classification here, 3D segmentation in `evaluate.segmentation`.
+"""Pure classification test metrics (`classification_metrics`, `confusion_records`) and the
+rounding every reported metric goes through (`rounded`, `mean_rounded`); the segmentation
+scores are in `semimed.evaluate.segmentation`.
 
 Nothing here loads models or files: stage scripts call these functions on arrays and write
 what they return. Every returned dict is JSON-serialisable (plain ``float``/``int``/``None``,
-never NaN or inf), so it can go straight to ``json.dump`` or DVCLive.
-
-Classification metrics are scikit-learn's (Pedregosa et al., JMLR 2011). Segmentation: Dice
-(Dice, Ecology 1945) is MONAI's (Cardoso et al., arXiv:2211.02701); the 95th percentile
-Hausdorff distance (HD95) and the average surface distance (ASD) are medpy's
-``medpy.metric.binary.hd95`` and ``asd`` -- the functions the DHC (Wang & Li, MICCAI 2023) and
-SSL4MIS evaluations call -- measured in millimetres from the voxel spacing. The evaluation
-pitfalls recorded for DHC -- an undefined rule for empty masks, ASD in voxels instead of mm,
-label and prediction shapes that do not match -- are each handled explicitly below.
+never NaN or inf), so it can go straight to ``json.dump`` or DVCLive. The metrics are
+scikit-learn's (Pedregosa et al., JMLR 2011).
 """
 
 from __future__ import annotations
@@ -23,18 +18,16 @@ import numpy as np
 _DECIMALS = 6  # rounding of every reported float: far below any meaningful difference
 
 
-def _round(value: float | None) -> float | None:
+def rounded(value: float | None) -> float | None:
     """Round to a plain JSON-safe float; NaN/inf/None become None."""
     if value is None or not math.isfinite(float(value)):
         return None
     return round(float(value), _DECIMALS)
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return _round(float(np.mean(values))) if len(values) else None
-
-
-# --------------------------------------------------------------------------- classification
+def mean_rounded(values: Sequence[float]) -> float | None:
+    """`rounded` mean of `values`; None when there are none."""
+    return rounded(float(np.mean(values))) if len(values) else None
 
 
 def _check_classification_inputs(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> None:
@@ -67,7 +60,7 @@ def _ovr_auc(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> float | N
     from sklearn.metrics import roc_auc_score  # here: a segmentation evaluate never needs it
 
     indicator = np.eye(n_classes, dtype=int)[y_true][:, present]
-    return _round(roc_auc_score(indicator, probs[:, present], average="macro"))
+    return rounded(roc_auc_score(indicator, probs[:, present], average="macro"))
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
@@ -118,20 +111,20 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
 
     per_class = {
         name: {
-            "precision": _round(precision[c]),
-            "recall": _round(recall[c]),
-            "f1": _round(f1[c]),
-            "specificity": _round(specificity[c]),
+            "precision": rounded(precision[c]),
+            "recall": rounded(recall[c]),
+            "f1": rounded(f1[c]),
+            "specificity": rounded(specificity[c]),
             "support": int(support[c]),
         }
         for c, name in enumerate(class_names)
     }
     return {
-        "accuracy": _round(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": _round(
+        "accuracy": rounded(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": rounded(
             recall_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0)
         ),
-        "macro_f1": _round(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "macro_f1": rounded(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "auc": _ovr_auc(y_true, probs, n_classes),
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -160,6 +153,3 @@ def confusion_records(
         {"actual": class_names[t], "predicted": class_names[p]}
         for t, p in zip(y_true.tolist(), y_pred.tolist(), strict=True)
     ]
-
-
-# ------------------------------------------------------------------------------ segmentation

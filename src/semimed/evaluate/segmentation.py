@@ -1,5 +1,13 @@
-"""Segmentation test metrics per case and class: Dice, HD95 and ASD in mm (medpy's
-definitions, docs/metrics.md), with the documented empty-mask rule (`SegmentationScorer`)."""
+"""Segmentation test metrics per case and class: Dice, HD95 and ASD in mm, with the
+documented empty-mask rule (`SegmentationScorer`; docs/metrics.md).
+
+Dice (Dice, Ecology 1945) is MONAI's (Cardoso et al., arXiv:2211.02701); the 95th percentile
+Hausdorff distance (HD95) and the average surface distance (ASD) are medpy's
+``medpy.metric.binary.hd95`` and ``asd`` -- the functions the DHC (Wang & Li, MICCAI 2023) and
+SSL4MIS evaluations call -- measured in millimetres from the voxel spacing. Empty masks, ASD
+in mm rather than voxels, and label and prediction shapes that do not match are each handled
+explicitly below. Every value reported is rounded by `semimed.evaluate.metrics.rounded`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ from medpy.metric.binary import asd as medpy_asd
 from medpy.metric.binary import hd95 as medpy_hd95
 from monai.metrics import compute_dice
 
-from semimed.evaluate.metrics import _mean, _round
+from semimed.evaluate.metrics import mean_rounded, rounded
 
 
 def _as_label_map(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -142,9 +150,9 @@ class SegmentationScorer:
                 {
                     "case": str(self.n_volumes if case is None else case),
                     "class": name,
-                    "dice": _round(d),
-                    "hd95_mm": _round(hd95),
-                    "asd_mm": _round(asd),
+                    "dice": rounded(d),
+                    "hd95_mm": rounded(hd95),
+                    "asd_mm": rounded(asd),
                     "empty_rule": p_empty or g_empty,  # the values are the rule's
                 }
             )
@@ -153,12 +161,13 @@ class SegmentationScorer:
     def aggregate(self) -> dict:
         """``{"dice", "hd95_mm", "asd_mm", "per_class": {name: {..., "n"}}, "n_volumes"}``."""
         per_class = {
-            name: {key: _mean(vals) for key, vals in scores.items()} | {"n": len(scores["dice"])}
+            name: {key: mean_rounded(vals) for key, vals in scores.items()}
+            | {"n": len(scores["dice"])}
             for name, scores in self._scores.items()
         }
         scored = [v for v in per_class.values() if v["n"] > 0]
         summary = {
-            key: _mean([v[key] for v in scored if v[key] is not None])
+            key: mean_rounded([v[key] for v in scored if v[key] is not None])
             for key in ("dice", "hd95_mm", "asd_mm")
         }
         return summary | {"per_class": per_class, "n_volumes": self.n_volumes}

@@ -1,19 +1,20 @@
-"""Networks, by name: ``build_network("cnn" | "lwn" | "resnet18" | "densenet121" | "unet" | "vnet" |
-"dynunet", ...)``; classifiers in ``classifiers``,
-LWN in ``lwn``, the 3D segmentation ones in ``segmentation``.
+"""Networks, by name: ``build_network("cnn" | "lwn" | "resnet18" | "densenet121" | "unet" |
+"vnet" | "dynunet", shape, channels=..., dropout=...)``; classifiers in ``classifiers``, LWN in
+``lwn``, the segmentation ones in ``segmentation``; the data's side of every builder is a
+`DataShape` (``shape``).
 
 Classification nets map images (B, C_in, H, W) or volumes (B, C_in, D, H, W) (``spatial_dims``
 2 or 3; any ``in_channels`` >= 1: grayscale, RGB) -> logits (B, num_classes) and expose
 ``.backbone`` (x -> features (B, F)) and ``.head`` (``nn.Linear(F, num_classes)``), so methods
 that need features (prototypes, projections, linear probes) can take them apart. ``cnn``,
 ``resnet18`` and ``densenet121`` take both; ``lwn`` (Haar wavelets, echo frames) is 2D only.
-The 2D networks are built exactly as before 3D support came (same modules, parameter names and
-initialisation draws), so 2D runs reproduce.
 Segmentation nets map (B, C_in, D, H, W) -> logits (B, num_classes, D, H, W) of the same
 spatial size as the input.
 
-Every builder takes the same keyword arguments, so ``params.yaml`` can switch networks by name;
-a builder ignores the arguments that do not apply to it (stated in its docstring).
+Every builder takes a `DataShape` and the widths (``channels``) and ``dropout`` of
+``<task>.network``, so ``params.yaml`` can switch networks by name; a builder ignores the
+arguments that do not apply to it (stated in its docstring); the segmentation builders also
+take ``deep_supervision``.
 ``reparameterize(model)`` folds the training-time branches of ``lwn`` into single convs for
 inference (a no-op on the other networks).
 """
@@ -33,6 +34,7 @@ from semimed.networks.classifiers import (
 )
 from semimed.networks.lwn import build_lwn, haar_dwt, reparameterize
 from semimed.networks.segmentation import build_dynunet, build_unet, build_vnet, output_layer
+from semimed.networks.shape import DataShape
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "cnn": build_cnn,
@@ -49,15 +51,14 @@ DEEP_SUPERVISION = ("unet", "dynunet")
 
 def build_network(
     name: str,
+    shape: DataShape,
     *,
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
     channels: Sequence[int],
     dropout: float,
     deep_supervision: bool = False,
 ) -> nn.Module:
-    """Build the network registered as ``name`` in ``NETWORKS``; see each builder for shapes.
+    """The network registered as ``name`` in ``NETWORKS`` for data of `shape`, freshly
+    initialised; see each builder for its input and output.
 
     ``deep_supervision``: also return coarser decoder outputs in training mode (URPC); only the
     networks in ``DEEP_SUPERVISION`` have them."""
@@ -71,14 +72,7 @@ def build_network(
             + ", ".join(DEEP_SUPERVISION)
         )
     extra = {"deep_supervision": True} if deep_supervision else {}
-    return NETWORKS[name](
-        spatial_dims=spatial_dims,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        channels=channels,
-        dropout=dropout,
-        **extra,
-    )
+    return NETWORKS[name](shape, channels=channels, dropout=dropout, **extra)
 
 
 __all__ = [
@@ -86,6 +80,7 @@ __all__ = [
     "DEEP_SUPERVISION",
     "NETWORKS",
     "Classifier",
+    "DataShape",
     "build_network",
     "haar_dwt",
     "output_layer",

@@ -19,8 +19,11 @@ from monai.networks.layers import SkipConnection
 from monai.networks.nets import DynUNet, UNet, VNet
 from torch import Tensor, nn
 
+from semimed.networks.shape import DataShape
 
-def _check_3d(name: str, spatial_dims: int) -> None:
+
+def _check_3d(name: str, shape: DataShape) -> None:
+    spatial_dims = shape.spatial_dims
     if spatial_dims != 3:
         raise ValueError(
             f"network '{name}' is a 3D segmentation network; got spatial_dims={spatial_dims}"
@@ -74,8 +77,7 @@ def upsample_linear(x: Tensor, size) -> Tensor:
     axis of n values to N is a fixed (N, n) matrix (`interpolation_matrix`, PyTorch's own
     weights), and the trilinear weights are the product of the per-axis ones, so the values
     equal ``F.interpolate(mode="trilinear")``'s within float rounding. Its backward is a matrix
-    product too: forward + backward take about 5x less CPU time than one 1D interpolate per axis
-    and 6-9x less than trilinear, whose backward was most of URPC's extra cost per step."""
+    product too, cheaper on a CPU than the backward of ``F.interpolate``."""
     if len(size) != x.dim() - 2:
         raise ValueError(f"upsample_linear: size {tuple(size)} for input shape {tuple(x.shape)}")
     for axis, n in enumerate(size, start=2):
@@ -115,23 +117,21 @@ def _out_channels(layer: nn.Module) -> int:
 
 
 def build_unet(
+    shape: DataShape,
     *,
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
     channels: Sequence[int],
     dropout: float,
     deep_supervision: bool = False,
 ) -> nn.Module:
-    """MONAI UNet (Ronneberger et al. 2015), 2D or 3D, without residual units: on a 2-core CPU
-    a 32^3 training step is ~2.8x faster than with `num_res_units=1` (and ~8x faster than
-    ``dynunet`` at the same widths).
+    """MONAI UNet (Ronneberger et al. 2015), 2D or 3D, without residual units (cheaper per
+    step than `num_res_units=1` and than ``dynunet`` at the same widths).
 
     One stride-2 level per step between ``channels`` entries, so each spatial size of the input
     must be divisible by ``2 ** (len(channels) - 1)``; instance norm because 3D batches hold
     only a few crops. Output: logits (B, num_classes, *input_spatial); with
     ``deep_supervision`` see ``UNetDeepSupervision``.
     """
+    spatial_dims, num_classes = shape.spatial_dims, shape.num_classes
     if spatial_dims not in (2, 3):
         raise ValueError(f"network 'unet' needs spatial_dims 2 or 3; got {spatial_dims}")
     if len(channels) < 2:
@@ -142,7 +142,7 @@ def build_unet(
         )
     net = UNet(
         spatial_dims=spatial_dims,
-        in_channels=in_channels,
+        in_channels=shape.in_channels,
         out_channels=num_classes,
         channels=tuple(channels),
         strides=(2,) * (len(channels) - 1),
@@ -154,10 +154,8 @@ def build_unet(
 
 
 def build_vnet(
+    shape: DataShape,
     *,
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
     channels: Sequence[int],
     dropout: float,
     deep_supervision: bool = False,
@@ -166,27 +164,24 @@ def build_vnet(
 
     Its widths are fixed by MONAI (16 to 256 channels, 4 stride-2 levels: input sizes must be
     divisible by 16), so ``channels`` is not used; ``dropout`` is its dropout probability in
-    the deep levels (DHC trains with dropout on). ~9 s per 64^3 step on a 2-core CPU: a GPU
-    network. No deep supervision.
+    the deep levels (DHC trains with dropout on). A GPU network. No deep supervision.
     """
-    _check_3d("vnet", spatial_dims)
+    _check_3d("vnet", shape)
     if deep_supervision:
         raise ValueError("network 'vnet' has no deep-supervision outputs; use unet or dynunet")
     p = float(dropout)
     return VNet(
         spatial_dims=3,
-        in_channels=in_channels,
-        out_channels=num_classes,
+        in_channels=shape.in_channels,
+        out_channels=shape.num_classes,
         dropout_prob_down=p,
         dropout_prob_up=(p, p),
     )
 
 
 def build_dynunet(
+    shape: DataShape,
     *,
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
     channels: Sequence[int],
     dropout: float,
     deep_supervision: bool = False,
@@ -196,7 +191,7 @@ def build_dynunet(
     each next one stride 2 (input sizes divisible by ``2 ** (len(channels) - 1)``). With
     ``deep_supervision`` it returns ``len(channels) - 2`` auxiliary outputs (MONAI's maximum).
     """
-    _check_3d("dynunet", spatial_dims)
+    _check_3d("dynunet", shape)
     levels = len(channels)
     if deep_supervision and levels < 3:
         raise ValueError(
@@ -204,8 +199,8 @@ def build_dynunet(
         )
     return DynUNet(
         spatial_dims=3,
-        in_channels=in_channels,
-        out_channels=num_classes,
+        in_channels=shape.in_channels,
+        out_channels=shape.num_classes,
         kernel_size=[3] * levels,
         strides=[1] + [2] * (levels - 1),
         upsample_kernel_size=[2] * (levels - 1),

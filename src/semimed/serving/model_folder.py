@@ -13,9 +13,10 @@ Every trained run (``models/<task>/<method>/seed<k>/``) holds
 
 `load_model` rebuilds the inference network from the card alone, through the composition
 layer (`semimed.build.instantiate`), checks that the weights are the card's (hash, keys and
-shapes) and returns it fused (`semimed.networks.reparameterize`) and in eval mode. A folder
-whose files are missing or disagree is refused with one line naming the file
-(`ModelFolderError`).
+shapes) and returns it fused (`semimed.networks.reparameterize`) and in eval mode: the one way
+a trained model is loaded (the evaluate and analyze stages, `semimed predict`, `semimed
+export`). A folder whose files are missing or disagree is refused with one line naming the
+file (`ModelFolderError`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from semimed import build
 from semimed.config import ConfigError, Network, parse_section
 from semimed.data.intensity import from_window
 from semimed.io import write_json_atomic
-from semimed.networks import reparameterize
+from semimed.networks import DataShape, reparameterize
 from semimed.tasks import spec
 
 CARD, WEIGHTS, TRAIN_INFO = "model.json", "best.pt", "train.json"
@@ -141,7 +142,8 @@ def write_model_card(model_dir: str | Path, cfg, data, method_name: str) -> dict
             raise ModelFolderError(f"{path}: missing; run the train stage first")
     info = json.loads(info_path.read_text())
     card = model_card(cfg, data, method_name, info, sha256_file(weights))
-    _check_weights(build_network(card, model_dir / CARD), _read_weights(weights), weights, card)
+    model = network_from_card(card, model_dir / CARD)
+    _check_weights(model, _read_weights(weights), weights, card)
     write_json_atomic(model_dir / CARD, card)
     return card
 
@@ -172,10 +174,11 @@ def read_card(folder: str | Path) -> dict:
     return card
 
 
-def build_network(card: dict, source: str | Path = CARD) -> nn.Module:
-    """The card's inference network (unfused, untrained weights), built by the composition
-    layer exactly as training built it: ``instantiate(...).inference_model()`` with the
-    card's method params and network. `source`: the card's path, for messages."""
+def network_from_card(card: dict, source: str | Path = CARD) -> nn.Module:
+    """The card's inference network (unfused, freshly initialised weights), built by the
+    composition layer exactly as training built it: ``instantiate(...).inference_model()``
+    with the card's method params, network and data shape. `source`: the card's path, for
+    messages."""
     try:
         task = card["task"]
         cls = build.method_class(task, card["method"])
@@ -184,17 +187,9 @@ def build_network(card: dict, source: str | Path = CARD) -> nn.Module:
             raise ConfigError(f"network.deep_supervision disagrees with method {cls.name}")
         network = Network(name=net["name"], channels=tuple(net["channels"]), dropout=net["dropout"])
         params = parse_section(cls.Params, card["method_params"], "method_params")
-        sizes = tuple(card["task_sizes"])
-        method = build.instantiate(
-            cls,
-            params,
-            network,
-            sum(sizes),
-            1,  # total steps: only schedules read it, and inference runs none
-            in_channels=card["in_channels"],
-            spatial_dims=card["spatial_dims"],
-            task_sizes=sizes if len(sizes) > 1 else None,
-        )
+        shape = DataShape(card["spatial_dims"], card["in_channels"], tuple(card["task_sizes"]))
+        # total steps 1: only schedules read it, and inference runs none
+        method = build.instantiate(cls, params, network, shape, 1)
     except (ConfigError, ValueError, TypeError, KeyError) as err:
         raise ModelFolderError(f"{source}: cannot build its model ({err})") from None
     return method.inference_model()
@@ -265,7 +260,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Loaded
     folder = Path(folder)
     card = read_card(folder)
     weights = folder / card["weights"]["file"]
-    model = build_network(card, folder / CARD)
+    model = network_from_card(card, folder / CARD)
     state = _read_weights(weights)
     _check_weights(model, state, weights, card)
     model.load_state_dict(state)
