@@ -9,7 +9,7 @@ then the classification stages with the `cpu` preset at 10 % labels.
 prints one line per run (test balanced accuracy, best/last step, converged), then a Markdown
 table per method: balanced accuracy and steps as mean +- std over seeds, and the share of the
 `supervised` -> `supervised_full` gap it closes, per seed (paired by seed) as mean +- std.
-`--set` adds Hydra overrides after the preset (e.g. the budget protocol). tests/test_real_digits.py
+`--set` adds Hydra overrides after the preset (e.g. the budget protocol). tests/pipeline/test_real_digits.py
 runs it with one seed. Only the data keys (and the image size: 16 px, the digits being 8x8)
 differ from the preset.
 """

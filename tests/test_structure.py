@@ -2,7 +2,8 @@
 
 * imports run one way: config is a leaf, data and config never import methods, the build
   layer, or the loop; evaluation, analysis, prediction and reporting never import the loop;
-* modules stay small (src/semimed ~350 lines, stages < 100);
+* modules stay small (src/semimed: <= 300 lines a module, <= 80 a function, <= 8 modules at
+  the top level beside the packages; stages < 100 lines);
 * every stage's dvc.yaml deps cover the modules it imports (transitively), so a change to
   any of them re-runs the stage;
 * the stages' outputs in dvc.yaml are the paths `semimed.paths` gives.
@@ -107,15 +108,13 @@ def test_data_never_imports_methods(path):
 NO_LOOP = [
     *sorted((PKG / "evaluate").rglob("*.py")),
     *sorted((PKG / "report").rglob("*.py")),
-    *sorted(PKG.glob("analysis*.py")),
     *sorted((PKG / "analysis").rglob("*.py")),
     PKG / "inference.py",
     PKG / "build.py",
     ROOT / "stages" / "evaluate.py",
     ROOT / "stages" / "analyze.py",
     ROOT / "stages" / "report.py",
-    PKG / "serving" / "predict.py",
-    PKG / "serving" / "export.py",
+    *sorted((PKG / "serving").rglob("*.py")),
 ]
 
 

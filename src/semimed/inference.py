@@ -1,8 +1,8 @@
 """Inference shared by validation (train loop), the evaluate stage and prediction.
 
 Both run the model in `eval()` mode under `torch.inference_mode()`: no random augmentation,
-no dropout, no autograd bookkeeping (seed 001's original applied random augmentations at
-test time; we never do).
+no dropout, no autograd bookkeeping (the SimCLR echo paper's code applied random
+augmentations at test time; we never do).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from semimed.evaluate.overlay import plot_overlay
 from semimed.evaluate.segmentation import SegmentationScorer
 from semimed.inference import predict_proba, predict_volume
 from semimed.io import write_bytes_atomic, write_json_atomic
-from semimed.report.flags import training_record
 from semimed.tasks import spec
+from semimed.training.record import training_record
 
 
 def evaluate_run(
@@ -54,7 +54,7 @@ def run_record(
     """The metrics file of one run (``paths.run_metrics``): its identity, `metrics` (from
     `evaluate_run`), ``training`` -- the convergence facts of its ``train.json``, numbers and
     bools only (``best_step``, ``last_step``, ``converged``, ``stopped_early``, ...; see
-    `semimed.report.flags.training_record`), which the report flags and DVC can diff -- and
+    `semimed.training.record.training_record`), which the report flags and DVC can diff -- and
     ``train``: train.json itself as provenance (the fingerprint hashes the run's params, data,
     split and code), less the wall time so that equal runs give byte-identical files."""
     skip = ("task", "method", "seed", "seconds", "convergence")  # convergence: `training`

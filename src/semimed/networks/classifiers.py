@@ -126,7 +126,7 @@ def build_resnet18(shape: DataShape, *, channels: Sequence[int], dropout: float)
 def build_densenet121(shape: DataShape, *, channels: Sequence[int], dropout: float) -> Classifier:
     """MONAI DenseNet-121 (Huang et al., CVPR 2017), 2D or 3D, randomly initialised
     (``pretrained`` stays False: nothing is downloaded); ``channels`` ignored. One of TEAR's
-    backbones (seed 002).
+    backbones (TEAR).
 
     2D: kept in its ImageNet layout (7x7 stride-2 stem, max-pool, 3 transitions: /32), so it
     needs inputs of at least 32x32 and a 48x48 frame reaches the last dense block at 1x1: about

@@ -1,5 +1,5 @@
-"""LWN: the lightweight echo network of seed 000 (Haar wavelets, RepMixer blocks), 2D only,
-and `reparameterize`, which folds its training-time branches into single convs.
+"""LWN: the lightweight echo network of the TMED-2 view/AS paper (Haar wavelets, RepMixer
+blocks), 2D only, and `reparameterize`, which folds its training-time branches into single convs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 from semimed.networks.classifiers import Classifier, check_dims
 from semimed.networks.shape import DataShape
 
-# --- LWN: lightweight echo network (seed 000) -------------------------------------------------
+# --- LWN: lightweight echo network (TMED-2 view/AS paper) -----------------------------------
 
 # Orthonormal one-level 2D Haar filter bank (4, 2, 2): the approximation LL, then the details
 # that respond to horizontal edges (LH), vertical edges (HL) and diagonals (HH).
@@ -26,7 +26,7 @@ _HAAR = 0.5 * torch.tensor(
         [[1.0, -1.0], [-1.0, 1.0]],
     ]
 )
-LWN_BLOCKS = (2, 2, 6, 2)  # blocks per stage, as in seed 000's LWN
+LWN_BLOCKS = (2, 2, 6, 2)  # blocks per stage, as in the TMED-2 paper's LWN
 
 
 def haar_dwt(x: Tensor) -> Tensor:
@@ -147,9 +147,10 @@ class LWNBlock(nn.Module):
 
 
 def build_lwn(shape: DataShape, *, channels: Sequence[int], dropout: float) -> Classifier:
-    """LWN, the lightweight network of seed 000: 4 stages of widths ``channels`` (paper:
-    24, 48, 96, 192) with 2, 2, 6, 2 blocks; each stage starts with ``HaarDown`` (so 48x48 ends
-    at 3x3), then ``LWNBlock``s; global average pool, dropout, linear head.
+    """LWN, the lightweight network of the TMED-2 view/AS paper: 4 stages of widths
+    ``channels`` (paper: 24, 48, 96, 192) with 2, 2, 6, 2 blocks; each stage starts with
+    ``HaarDown`` (so 48x48 ends at 3x3), then ``LWNBlock``s; global average pool, dropout,
+    linear head.
 
     There is no stem: stage 1 downsamples the image itself. Blocks per stage are fixed, so
     ``channels`` must list exactly 4 widths. Call ``reparameterize(model)`` before inference to

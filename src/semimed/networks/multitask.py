@@ -33,8 +33,8 @@ def multitask_cross_entropy(
     """Sum over tasks of the cross-entropy of each block; ``targets`` (B,) or (B, T).
 
     With one task this is exactly ``F.cross_entropy``. Tasks are summed, not averaged, so
-    adding a task does not shrink the primary task's gradient (seed 001 trains one probe per
-    task independently, which a sum of separate heads' losses reproduces).
+    adding a task does not shrink the primary task's gradient (the SimCLR echo paper trains
+    one probe per task independently, which a sum of separate heads' losses reproduces).
     """
     if len(task_sizes) == 1:
         targets = targets.reshape(-1)

@@ -23,52 +23,23 @@ flagged under-trained, and said so. No torch here: the report stage imports it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
-from semimed.training.record import training_record
+from semimed.training.record import CONVERGENCE, TOP, pick, training_record
 
 LOWER, UPPER = "supervised", "supervised_full"
 MIN_MARGIN = 0.01  # smallest headline gap that counts as "above", whatever the seed std
 MIN_BUDGET_SHARE = 0.6  # of supervised's mean last step, below which budgets are unequal
 UNDER_TRAINED, UNKNOWN, UNEQUAL = "†", "?", "‡"  # marks after a method's name in the tables
 
-# train.json -> the metrics file's "training" block: (key in train.json's "convergence"
-# block, or at its top level) -> type. Numbers and bools only, so DVC can show and diff them.
-_CONVERGENCE = {
-    "evaluations": int,
-    "best_step": int,
-    "last_step": int,
-    "stopped_early": bool,
-    "converged": bool,
-    "last_quarter_gain": float,
-    "trend_per_1k_steps": float,
-    "skipped_steps": int,  # steps whose update the loop skipped (non-finite loss or gradients)
-}
-_TOP = {"max_steps": int, "budget_steps": int, "best_step": int, "last_step": int}
-
 Training = Mapping[str, Mapping[int, Mapping[str, object]]]  # [method][seed] -> block
-
-
-def _valid(value: object, kind: type) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value) and (kind is float or float(value).is_integer())
-
-
-def _pick(source: object, spec: Mapping[str, type]) -> dict[str, int | float | bool]:
-    if not isinstance(source, Mapping):
-        return {}
-    return {key: kind(source[key]) for key, kind in spec.items() if _valid(source.get(key), kind)}
 
 
 def training_block(run_metrics: Mapping) -> dict[str, int | float | bool]:
     """The ``training`` block of one run's metrics file (numbers and bools only); a file
     without one falls back to the train.json copy under its ``train`` key."""
     if isinstance(block := run_metrics.get("training"), Mapping):
-        return _pick(block, _TOP | _CONVERGENCE)
+        return pick(block, TOP | CONVERGENCE)
     train = run_metrics.get("train")
     return training_record(train if isinstance(train, Mapping) else {})
 

@@ -24,7 +24,7 @@ from semimed.methods import METHODS
 from semimed.networks import DataShape, output_layer
 from semimed.networks.segmentation import build_unet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_methods_classification import NUM_CLASSES, RecordingBatch, tiny_cnn
+from test_classification_methods import NUM_CLASSES, RecordingBatch, tiny_cnn
 
 from semimed.methods.classification.losses import (
     group_means,

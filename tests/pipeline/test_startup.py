@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import TINY, merge
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "monai", "torchvision")
 # Runs a stage as `python stages/<name>.py ...` would, then prints the heavy modules loaded.
 PROBE = (

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_data_and_train import prepared  # noqa: F401  (module fixture: tiny data stages)
+from test_train import prepared  # noqa: F401  (module fixture: tiny data stages)
 
 from semimed.build import parse_task
 from semimed.config import ConfigError

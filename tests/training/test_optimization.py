@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_data_and_train import prepared  # noqa: F401  (module fixture: tiny data stages)
+from test_train import prepared  # noqa: F401  (module fixture: tiny data stages)
 from torch import nn
 
 from benchmarks.syncs import HostReads

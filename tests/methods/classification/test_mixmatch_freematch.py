@@ -1,10 +1,10 @@
 """MixMatch and FreeMatch on tiny 16x16 images: terms, views, thresholds, gate, checkpoints."""
 
 import pytest
-import test_methods_classification
+import test_classification_methods
 import torch
 import torch.nn.functional as F
-from test_methods_classification import (
+from test_classification_methods import (
     NUM_CLASSES,
     fits_fixed_batch,
     intensity_net,
@@ -168,7 +168,7 @@ def test_mixmatch_fits_fixed_batch_and_evaluates_ema(monkeypatch):
     # A fixed MixUp draw, so the loss before and after the steps is measured alike.
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(1))
     method.draw_mixup = lambda n: (0.7, perm)
-    monkeypatch.setattr(test_methods_classification, "make_batch", mixmatch_batch)
+    monkeypatch.setattr(test_classification_methods, "make_batch", mixmatch_batch)
     assert fits_fixed_batch(method)
     no_ema = make(MixMatch, ema_decay=0.0)
     assert no_ema.ema is None and no_ema.inference_model() is no_ema.net

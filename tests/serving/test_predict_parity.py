@@ -30,7 +30,7 @@ from semimed.evaluate import original, run
 from semimed.serving.model_folder import load_model
 from semimed.serving.predict import predict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASK = "segmentation"
 
 

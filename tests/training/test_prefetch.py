@@ -13,7 +13,7 @@ import threading
 import pytest
 import torch
 from conftest import die_writing_last_pt
-from test_data_and_train import prepared  # noqa: F401  (module fixture: tiny data stages)
+from test_train import prepared  # noqa: F401  (module fixture: tiny data stages)
 
 from semimed.data import prefetch
 from semimed.data.loaders import train_batches

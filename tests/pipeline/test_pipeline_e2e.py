@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import TINY, merge, write_params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_methods_classification import NUM_CLASSES
-from test_methods_tear_simclr import make, make_batch
+from test_classification_methods import NUM_CLASSES
+from test_tear_simclr import make, make_batch
 
 from semimed.methods.classification import TEAR, FreeMatch, SimCLR
 from semimed.methods.classification.gather import all_rows

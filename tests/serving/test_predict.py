@@ -27,7 +27,7 @@ from semimed.serving.console import main
 from semimed.serving.model_folder import LoadedModel, read_card
 from semimed.serving.predict import load_predict_params, predict, stage_output
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WINDOW = (-175.0, 250.0)
 
 

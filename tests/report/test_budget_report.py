@@ -1,5 +1,5 @@
 """The report stage states each task's budget protocol and flags unequal budgets, in results.md
-and summary.json (fixture runs of tests/test_report_stage.py)."""
+and summary.json (fixture runs of tests/report/test_report_stage.py)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ early stop included (it stops at the same step, with the same weights).
 
 Uses the temporary git + DVC repository of test_pipeline_e2e (its `repo` fixture) with one
 classification run of 30 steps. That the evaluate stage then writes the same metrics file
-from the same best.pt is test_data_and_train's bit-identical test. About 40 s on 2 CPU cores.
+from the same best.pt is test_train's bit-identical test. About 40 s on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Datasets are built inside the tests in each source's layout (tests/source_fixtures.py).
 The pipeline tests run the stage scripts' `run()` in order (ingest, preprocess, split, then
 train and evaluate per method) in a temporary working folder, as `dvc repro` would; the real
-`dvc repro` on user data is in tests/test_pipeline_e2e.py.
+`dvc repro` on user data is in tests/pipeline/test_pipeline_e2e.py.
 """
 
 from __future__ import annotations
