@@ -1,71 +1,15 @@
-"""Segmentation methods on tiny synthetic 16^3 volumes: terms, gradients, views, EMA, registry."""
+"""Mean Teacher segmentation: views, class-summed consistency and its ramp, EMA teacher."""
 
 import math
 
 import pytest
 import torch
-from seg_helpers import NUM_CLASSES, fits_fixed_batch, make, make_batch, tiny_unet, trainable
+from seg_helpers import fits_fixed_batch, make, make_batch, trainable
 
-from semimed.methods import METHODS, get_method
-from semimed.methods.losses import softmax_mse
-from semimed.methods.segmentation import MeanTeacher, Supervised, SupervisedFull
-
-# Registry -------------------------------------------------------------------------------------
-
-
-def test_registry_names_and_flags():
-    registry = METHODS["segmentation"]
-    # Every method of the segmentation suite (DHC and its baselines), in priority order.
-    suite = ["uamt", "cps", "urpc", "dhc", "crest", "simis", "depl", "adsh", "cld", "dst"]
-    assert [m for m in registry if m in suite + ["ssnet", "acisis"]] == suite + ["ssnet", "acisis"]
-    assert registry["supervised"] is Supervised and registry["mean_teacher"] is MeanTeacher
-    assert registry["supervised_full"] is SupervisedFull
-    for name, cls in METHODS["segmentation"].items():
-        assert cls.name == name and get_method("segmentation", name) is cls
-    assert SupervisedFull.labeled_pool == "all" and Supervised.labeled_pool == "labeled"
-    assert MeanTeacher.uses_unlabeled and not Supervised.uses_unlabeled
-    with pytest.raises(ValueError, match="unknown segmentation method 'fixmatch'; choose one of: "):
-        get_method("segmentation", "fixmatch")
-
-
-@pytest.mark.parametrize(
-    "cls,kwargs,field",
-    [
-        (Supervised, {"dice_weight": -1.0}, "dice_weight"),
-        (Supervised, {"ce_weight": -0.5}, "ce_weight"),
-        (Supervised, {"dice_weight": 0.0, "ce_weight": 0.0}, "dice_weight, ce_weight"),
-        (MeanTeacher, {"ema_decay": 1.0}, "ema_decay"),
-        (MeanTeacher, {"consistency": -0.1}, "consistency"),
-        (MeanTeacher, {"rampup": 1.5}, "rampup"),
-    ],
-)
-def test_params_reject_bad_values(cls, kwargs, field):
-    with pytest.raises(ValueError, match=f"^{field}: must"):
-        cls.Params(**kwargs)
-
-
-def test_base_rejects_bad_sizes():
-    with pytest.raises(ValueError, match="total_steps"):
-        Supervised(tiny_unet, Supervised.Params(), num_classes=NUM_CLASSES, total_steps=0)
-    with pytest.raises(ValueError, match="num_classes"):
-        Supervised(tiny_unet, Supervised.Params(), num_classes=1, total_steps=5)
-
-
-# Supervised -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("cls", [Supervised, SupervisedFull])
-def test_supervised_ignores_unlabeled_and_fits(cls):
-    method = make(cls, dice_weight=1.0, ce_weight=0.5)
-    batch = make_batch()
-    out = method.training_step(batch, 0)
-    assert set(out) == {"loss", "sup"}
-    assert batch.read == {"x_lb", "y_lb"}
-    assert method.inference_model() is method.net
-    assert fits_fixed_batch(method)
-
-
-# Mean Teacher ---------------------------------------------------------------------------------
+from semimed.methods import mean_teacher
+from semimed.methods.classification import MeanTeacher as ClsMeanTeacher
+from semimed.methods.losses import add_unsup_ratio, softmax_mse
+from semimed.methods.segmentation import MeanTeacher
 
 
 def test_mean_teacher_student_sees_strong_teacher_sees_weak():
@@ -128,3 +72,28 @@ def test_mean_teacher_teacher_frozen_moves_and_is_evaluated():
     for b, a, s in zip(before, after, method.net.parameters(), strict=True):
         torch.testing.assert_close(a, 0.99 * b + 0.01 * s)
     assert set(method.state_dict()) >= {f"teacher.{k}" for k in method.teacher.state_dict()}
+
+
+def test_segmentation_mean_teacher_consistency_is_more_than_one_percent_of_the_loss():
+    method = make(MeanTeacher, total_steps=40)  # default Params: weight and reduction
+    opt = torch.optim.Adam(trainable(method), lr=1e-2)
+    for step in range(40):  # a typical state: the teacher lags a student that has learned
+        terms = method.training_step(make_batch(step), step)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        method.on_step_end(step)
+    terms = add_unsup_ratio(method.training_step(make_batch(99), 40))
+    ratio = (terms["weight"] * terms["unsup"] / terms["sup"]).item()
+    assert ratio > 0.01
+    bound = 2 * 2.0**-24 * (terms["loss"] + terms["sup"]).item() / terms["sup"].item()
+    assert terms["unsup_ratio"].item() == pytest.approx(ratio, abs=bound)
+
+
+def test_mean_teacher_sums_over_classes_only_for_segmentation():
+    student, teacher = torch.randn(2, 3, 4, 4, 4), torch.randn(2, 3, 4, 4, 4)
+    mean = softmax_mse(student, teacher)
+    torch.testing.assert_close(make(MeanTeacher).consistency_loss(student, teacher), 3 * mean)
+    # classification keeps the shared cost (USB's class mean): its numbers do not move
+    assert "consistency_loss" not in vars(ClsMeanTeacher)
+    assert torch.equal(mean_teacher.MeanTeacher.consistency_loss(None, student, teacher), mean)
